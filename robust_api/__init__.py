@@ -1,0 +1,62 @@
+"""robust_api: certified-robust predictions from image-classification APIs and local models.
+
+Denoised smoothing (Salman et al. 2020) on randomized smoothing (Cohen et al. 2019): query
+the base classifier on Gaussian-noised (optionally denoised) copies of an image, take the
+vote, and certify an L2 radius with a Clopper–Pearson bound. Every query is recorded in a
+replayable query log; offline mode re-predicts and re-certifies from logs alone.
+"""
+
+from .api import RobustAPI
+from .errors import (
+    DenoiserError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidParameterError,
+    LogIntegrityError,
+    LogMismatchError,
+    MissingDependencyError,
+    NotAQueryLogError,
+    OfflineModeError,
+    ProviderError,
+    ProviderResponseError,
+    QueryLogError,
+    RobustAPIError,
+    UnknownProviderError,
+)
+from .providers import CallableProvider, Provider, known_providers, register_provider
+from .query_logs import CallLog, QueryLog, QueryRecord, export_jsonl, export_parquet, open_log
+from .results import ABSTAIN, Certificate, Prediction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RobustAPI",
+    "ABSTAIN",
+    "Prediction",
+    "Certificate",
+    "open_log",
+    "export_jsonl",
+    "export_parquet",
+    "CallLog",
+    "QueryLog",
+    "QueryRecord",
+    "Provider",
+    "CallableProvider",
+    "known_providers",
+    "register_provider",
+    "RobustAPIError",
+    "InvalidInputError",
+    "InvalidImageError",
+    "InvalidParameterError",
+    "UnknownProviderError",
+    "ProviderError",
+    "ProviderResponseError",
+    "DenoiserError",
+    "OfflineModeError",
+    "MissingDependencyError",
+    "QueryLogError",
+    "NotAQueryLogError",
+    "LogIntegrityError",
+    "LogMismatchError",
+    "__version__",
+]

@@ -1,0 +1,238 @@
+"""The ``robust-api`` command line: certify / predict images online, re-certify logs offline, export logs.
+
+Examples::
+
+    robust-api certify examples/images/*.png --provider local --noise-sd 0.25 --N0 20 --N 100 --alpha 0.001
+    robust-api recertify query_logs/queries.sqlite3 --alpha 0.01
+    robust-api export query_logs/queries.sqlite3 queries.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from .api import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, RobustAPI
+from .errors import RobustAPIError
+from .query_logs import export_jsonl, export_parquet, open_log
+from .results import ABSTAIN
+
+__all__ = ["main", "build_parser"]
+
+
+def _label_text(label: Any) -> str:
+    return "ABSTAIN" if label is ABSTAIN else str(label)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _certificate_row(name: str, cert) -> list[Any]:
+    return [name, _label_text(cert.label), f"{cert.radius:.4f}", f"{cert.p_lower:.4f}", cert.n0, cert.n, cert.queries]
+
+
+_CERT_HEADERS = ["image", "label", "radius", "p_lower", "N0", "N", "queries"]
+_CLEAN_HEADERS = ["clean label", "agrees"]
+
+
+def _certificate_json(name: str, cert) -> dict[str, Any]:
+    return {
+        "image": name,
+        "label": None if cert.label is ABSTAIN else cert.label,
+        "abstained": cert.label is ABSTAIN,
+        "radius": cert.radius,
+        "p_lower": cert.p_lower,
+        "counts": cert.counts,
+        "noise_sd": cert.noise_sd,
+        "alpha": cert.alpha,
+        "N0": cert.n0,
+        "N": cert.n,
+        "errors": cert.errors,
+        "queries": cert.queries,
+        "run_id": cert.logs.header.run_id,
+    }
+
+
+def _build_api(args: argparse.Namespace) -> RobustAPI:
+    return RobustAPI(
+        args.provider,
+        online=True,
+        log=args.log,
+        seed=args.seed,
+        device=args.device,
+        model=args.model,
+        batch_size=args.batch_size,
+    )
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    api = _build_api(args)
+    began = time.perf_counter()
+    rows, items = [], []
+    for path in args.images:
+        name = os.path.basename(path)
+        clean = None if args.no_clean else api.predict(path, N=1, noise_sd=0)
+        cert = api.certify(path, noise_sd=args.noise_sd, N0=args.N0, N=args.N, alpha=args.alpha)
+        row, item = _certificate_row(name, cert), _certificate_json(name, cert)
+        if clean is not None:
+            agrees = cert.label == clean.label
+            row += [_label_text(clean.label), "yes" if agrees else "no"]
+            item.update(clean_label=None if clean.label is ABSTAIN else clean.label, agrees=agrees)
+            item["queries"] += clean.queries
+        rows.append(row)
+        items.append(item)
+    elapsed = time.perf_counter() - began
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    print(_table(_CERT_HEADERS + ([] if args.no_clean else _CLEAN_HEADERS), rows))
+    certified = sum(1 for item in items if not item["abstained"])
+    queries = sum(item["queries"] for item in items)
+    summary = f"\n{certified}/{len(items)} certified (not abstaining)"
+    if not args.no_clean:
+        summary += f", {sum(1 for item in items if item['agrees'])} of them with the clean image's label,"
+    print(
+        f"{summary} at noise_sd={args.noise_sd}, alpha={args.alpha}; {queries} queries in {elapsed:.1f} s; "
+        f"log: {getattr(api.log, 'path', None) or 'memory'}"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    api = _build_api(args)
+    rows = []
+    for path in args.images:
+        pred = api.predict(path, N=args.N, noise_sd=args.noise_sd, alpha=args.alpha)
+        top = ", ".join(f"{label}:{count}" for label, count in list(pred.counts.items())[:3])
+        p_value = "-" if pred.p_value is None else f"{pred.p_value:.2e}"
+        rows.append([os.path.basename(path), _label_text(pred.label), p_value, top, pred.queries])
+    print(_table(["image", "label", "p_value", "top votes", "queries"], rows))
+    return 0
+
+
+def _cmd_recertify(args: argparse.Namespace) -> int:
+    rows, items = [], []
+    with open_log(args.log_path) as log:
+        for call in log:
+            if call.header.kind != "certify":
+                continue
+            if args.run_id and call.header.run_id not in args.run_id:
+                continue
+            alpha = args.alpha if args.alpha is not None else call.header.params.get("alpha", DEFAULT_ALPHA)
+            cert = RobustAPI(call.header.provider, online=False).certify(call, N0=args.N0, N=args.N, alpha=alpha)
+            name = call.header.run_id[:12]
+            rows.append(_certificate_row(name, cert) + [call.status])
+            items.append({**_certificate_json(name, cert), "status": call.status})
+    if args.json:
+        print(json.dumps(items, indent=2))
+    else:
+        print(_table(["run"] + _CERT_HEADERS[1:] + ["status"], rows))
+        print(f"\n{len(items)} certify calls re-certified offline (no queries sent)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    with open_log(args.log_path) as log:
+        if args.out.lower().endswith(".parquet"):
+            count = export_parquet(log, args.out)
+        else:
+            count = export_jsonl(log, args.out)
+    print(f"exported {count} calls to {args.out}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0 or math.isnan(value):
+        raise argparse.ArgumentTypeError("must be in (0, 1)")
+    return value
+
+
+def _add_online_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--provider", default="local", help="provider name (default: local, the bundled model)")
+    parser.add_argument("--model", default=None, help="local provider: classifier checkpoint (.safetensors)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--log", default=None, help="query log file or folder (default: ./query_logs/)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible noise (default: fresh per call)")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="images per provider request")
+    parser.add_argument("--alpha", type=_probability, default=DEFAULT_ALPHA, help="failure probability (default 0.001)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``robust-api`` (sub-commands certify, predict, recertify, export)."""
+    parser = argparse.ArgumentParser(
+        prog="robust-api", description="Certified-robust predictions from image classifiers and vision APIs."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    certify = commands.add_parser("certify", help="certify images online (Cohen et al. CERTIFY)")
+    _add_online_options(certify)
+    certify.add_argument("--noise-sd", type=float, required=True, help="noise std in [0, 1] pixel units, > 0")
+    certify.add_argument("--N0", type=_positive_int, default=DEFAULT_N0, help=f"selection samples (default {DEFAULT_N0})")
+    certify.add_argument("--N", type=_positive_int, default=DEFAULT_N, help=f"estimation samples (default {DEFAULT_N})")
+    certify.add_argument(
+        "--no-clean", action="store_true", help="skip the one clean query per image that the 'clean label' column costs"
+    )
+    certify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    certify.set_defaults(handler=_cmd_certify)
+
+    predict = commands.add_parser("predict", help="predict images online (Cohen et al. PREDICT)")
+    _add_online_options(predict)
+    predict.add_argument("--noise-sd", type=float, required=True, help="noise std in [0, 1] pixel units, >= 0")
+    predict.add_argument("--N", type=_positive_int, default=DEFAULT_N, help=f"samples (default {DEFAULT_N})")
+    predict.set_defaults(handler=_cmd_predict)
+
+    recertify = commands.add_parser("recertify", help="re-certify the certify calls of a log offline")
+    recertify.add_argument("log_path", help="query log (.sqlite3 file or folder, .jsonl, .parquet)")
+    recertify.add_argument("--alpha", type=_probability, default=None, help="failure probability (default: as logged)")
+    recertify.add_argument("--N0", type=_positive_int, default=None, help="use the first N0 selection samples")
+    recertify.add_argument("--N", type=_positive_int, default=None, help="use the first N estimation samples")
+    recertify.add_argument("--run-id", action="append", help="only this call (repeatable)")
+    recertify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    recertify.set_defaults(handler=_cmd_recertify)
+
+    export = commands.add_parser("export", help="export a log to JSONL (or Parquet with pyarrow)")
+    export.add_argument("log_path", help="query log to read")
+    export.add_argument("out", help="output file: .jsonl, or .parquet")
+    export.set_defaults(handler=_cmd_export)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``robust-api`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
+    try:
+        return args.handler(args)
+    except (RobustAPIError, FileNotFoundError) as exc:
+        print(f"robust-api: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robust-api: interrupted; completed queries are in the log", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The exception tree of robust_api.
+
+Every error the SDK raises on purpose derives from :class:`RobustAPIError` and, where
+one fits, from the matching built-in, so ordinary ``except ValueError`` clauses work::
+
+    RobustAPIError
+    ├── InvalidInputError (ValueError)         bad image, bad parameter: raised before any query
+    │   ├── InvalidImageError                  not an image, wrong shape/dtype/range, NaN, unreadable
+    │   └── InvalidParameterError              noise_sd, alpha, N, N0, seed, batch size ...
+    ├── UnknownProviderError (ValueError)      provider name not registered (lists the known ones)
+    ├── ProviderError (RuntimeError)           the provider failed while answering
+    │   └── ProviderResponseError (ValueError) wrong number / type of labels returned
+    ├── DenoiserError (RuntimeError)           the denoiser failed or returned the wrong shape
+    ├── OfflineModeError (RuntimeError)        an online action was asked of an offline RobustAPI
+    ├── MissingDependencyError (ImportError)   an optional package is missing (message has the pip line)
+    └── QueryLogError                          problems with a query log
+        ├── NotAQueryLogError (ValueError)     the path exists but is not a robust_api log
+        ├── LogIntegrityError (ValueError)     duplicate or inconsistent records
+        └── LogMismatchError (ValueError)      re-analysis asks for what the log cannot give
+                                               (other noise_sd, more samples than logged ...)
+
+Messages say what was wrong and how to fix it. They never contain secrets.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RobustAPIError",
+    "InvalidInputError",
+    "InvalidImageError",
+    "InvalidParameterError",
+    "UnknownProviderError",
+    "ProviderError",
+    "ProviderResponseError",
+    "DenoiserError",
+    "OfflineModeError",
+    "MissingDependencyError",
+    "QueryLogError",
+    "NotAQueryLogError",
+    "LogIntegrityError",
+    "LogMismatchError",
+]
+
+
+class RobustAPIError(Exception):
+    """Base class of every error raised on purpose by robust_api."""
+
+
+class InvalidInputError(RobustAPIError, ValueError):
+    """An argument is invalid. Raised before any (paid) query is sent."""
+
+
+class InvalidImageError(InvalidInputError):
+    """The image is not usable: wrong type, shape, dtype, value range, or unreadable file."""
+
+
+class InvalidParameterError(InvalidInputError):
+    """A numeric parameter (noise_sd, alpha, N, N0, seed, ...) is out of its domain."""
+
+
+class UnknownProviderError(RobustAPIError, ValueError):
+    """The provider name is not registered; the message lists the registered names."""
+
+
+class ProviderError(RobustAPIError, RuntimeError):
+    """The provider (API, local model or callable) failed while answering a batch."""
+
+
+class ProviderResponseError(ProviderError, ValueError):
+    """The provider answered, but not with one string label (or raw response) per image."""
+
+
+class DenoiserError(RobustAPIError, RuntimeError):
+    """The denoiser raised, or returned an array of the wrong shape or with non-finite values."""
+
+
+class OfflineModeError(RobustAPIError, RuntimeError):
+    """An online action (sending queries) was requested from an offline RobustAPI."""
+
+
+class MissingDependencyError(RobustAPIError, ImportError):
+    """An optional dependency is not installed; the message carries the install command."""
+
+
+class QueryLogError(RobustAPIError):
+    """Base class of query-log problems."""
+
+
+class NotAQueryLogError(QueryLogError, ValueError):
+    """The path exists but is not a robust_api query log; the file is left untouched."""
+
+
+class LogIntegrityError(QueryLogError, ValueError):
+    """The log contradicts itself (e.g. two records for one sample index)."""
+
+
+class LogMismatchError(QueryLogError, ValueError):
+    """Re-analysis asks for something the log cannot give (other noise_sd, more samples)."""

@@ -1,0 +1,136 @@
+"""The provider contract and the provider registry.
+
+A provider turns a batch of images into one raw response per image (``send``: may do I/O)
+and a raw response into the base classifier's label (``parse``: pure). The query log stores
+the raw response, so a parsing bug can be fixed and a log re-parsed without paying again.
+
+Names resolve through a registry of lazy import paths; third-party packages can add
+providers through the ``robust_api.providers`` entry-point group (``name = "pkg.mod:Class"``)
+or :func:`register_provider` at run time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from ..errors import MissingDependencyError, UnknownProviderError
+
+__all__ = ["Provider", "register_provider", "known_providers", "create_provider", "ENTRY_POINT_GROUP"]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "robust_api.providers"
+
+# name -> "module:attribute" (imported lazily) or a factory
+_REGISTRY: dict[str, Union[str, Callable[..., "Provider"]]] = {
+    "local": "robust_api.providers.local:LocalProvider",
+}
+# name -> pip command, shown when the module behind a name fails to import
+_INSTALL_HINTS: dict[str, str] = {}
+
+
+class Provider(ABC):
+    """One base classifier behind a uniform batch interface.
+
+    Attributes:
+        identity: stable identity written to the log and used to match resumable records,
+            e.g. ``"local:fashion_mnist_cnn"``. Must not contain secrets.
+        model_version: the model version when known (None otherwise).
+        max_batch_size: the most images one ``send`` call may carry.
+        cost_per_query_usd: price of one image query (0.0 for local models).
+    """
+
+    identity: str = "provider"
+    model_version: Optional[str] = None
+    max_batch_size: int = 1
+    cost_per_query_usd: float = 0.0
+
+    def check_image(self, image: np.ndarray) -> None:
+        """Raise :class:`~robust_api.errors.InvalidImageError` if this provider cannot take the image.
+
+        Args:
+            image: float32 [H, W, C] in [0, 1]. Called once per call, before any query.
+        """
+
+    @abstractmethod
+    def send(self, images: np.ndarray) -> Sequence[Any]:
+        """Query the base classifier.
+
+        Args:
+            images: float32 array [B, H, W, C] in [0, 1], 1 ≤ B ≤ ``max_batch_size``.
+
+        Returns:
+            B raw responses (JSON-serializable plain data), in the order of the images.
+        """
+
+    @abstractmethod
+    def parse(self, raw: Any) -> str:
+        """The base classifier's label in one raw response (pure, no I/O)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(identity={self.identity!r})"
+
+
+def register_provider(name: str, target: Union[str, Callable[..., Provider]], install_hint: str = "") -> None:
+    """Register a provider under ``name``.
+
+    Args:
+        name: the name users pass to ``RobustAPI(name)``.
+        target: a ``"module:attribute"`` string (imported on first use) or a factory that
+            takes keyword options and returns a :class:`Provider`.
+        install_hint: the pip command that installs what the module needs.
+    """
+    _REGISTRY[name] = target
+    if install_hint:
+        _INSTALL_HINTS[name] = install_hint
+
+
+def _entry_point_targets() -> dict[str, Any]:
+    try:
+        return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    except Exception:  # a broken third-party distribution must not break the SDK
+        logger.warning("could not read entry points of group %s", ENTRY_POINT_GROUP, exc_info=True)
+        return {}
+
+
+def known_providers() -> list[str]:
+    """Registered provider names (built-in and entry points), sorted."""
+    return sorted(set(_REGISTRY) | set(_entry_point_targets()))
+
+
+def _resolve(name: str) -> Callable[..., Provider]:
+    target = _REGISTRY.get(name)
+    if target is None:
+        entry = _entry_point_targets().get(name)
+        if entry is None:
+            raise UnknownProviderError(
+                f"unknown provider {name!r}; known providers: {', '.join(known_providers())}. "
+                "You can also pass a Provider object or any callable that maps a batch of images "
+                "(float32 [N, H, W, C] in [0, 1]) to N labels."
+            )
+        return entry.load()
+    if not isinstance(target, str):
+        return target
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = _INSTALL_HINTS.get(name, "")
+        raise MissingDependencyError(
+            f"provider {name!r} needs a package that is not installed ({exc.name}). {hint}".strip()
+        ) from exc
+    return getattr(module, attribute)
+
+
+def create_provider(name: str, **options: Any) -> Provider:
+    """Build the provider registered under ``name`` with keyword ``options``."""
+    if not isinstance(name, str):
+        raise UnknownProviderError(f"provider name must be a string, got {type(name).__name__}")
+    return _resolve(name)(**options)

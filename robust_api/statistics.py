@@ -1,0 +1,213 @@
+"""Pure statistics of randomized smoothing: counts in, decisions out.
+
+No I/O, no torch, no provider: every function here is a deterministic function of vote
+counts, computed in float64 with current SciPy APIs. The guarantees follow Cohen,
+Rosenfeld & Kolter, "Certified Adversarial Robustness via Randomized Smoothing" (ICML 2019).
+
+Notation: the base classifier f maps an image to a label; the smoothed classifier is
+g(x) = argmax_c P[f(x + δ) = c] with δ ~ N(0, σ² I) in [0, 1] pixel units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Optional
+
+from scipy.stats import beta as _beta
+from scipy.stats import binomtest as _binomtest
+from scipy.stats import norm as _norm
+
+from .errors import InvalidParameterError
+from .validation import check_alpha, check_noise_sd
+
+__all__ = [
+    "clopper_pearson_lower",
+    "radius_from_p_lower",
+    "top_label",
+    "PredictOutcome",
+    "CertifyOutcome",
+    "predict_from_counts",
+    "certify_from_counts",
+    "max_certifiable_radius",
+]
+
+
+def _check_count(value: int, name: str) -> int:
+    if not isinstance(value, Integral) or isinstance(value, bool) or int(value) < 0:
+        raise InvalidParameterError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
+    """One-sided (1 − α) Clopper–Pearson lower confidence bound on a binomial proportion.
+
+    Args:
+        successes: k, the number of successes, 0 ≤ k ≤ trials.
+        trials: n ≥ 1, the number of independent Bernoulli trials.
+        alpha: α in (0, 1).
+
+    Returns:
+        p̲ in [0, 1] (float64) with P[p ≥ p̲] ≥ 1 − α for every true proportion p:
+        ``Beta.ppf(α; k, n − k + 1)``, and 0 when k = 0. Equals statsmodels'
+        ``proportion_confint(k, n, alpha=2α, method="beta")[0]``.
+    """
+    k = _check_count(successes, "successes")
+    n = _check_count(trials, "trials")
+    alpha = check_alpha(alpha)
+    if n < 1:
+        raise InvalidParameterError("trials must be >= 1 to bound a proportion")
+    if k > n:
+        raise InvalidParameterError(f"successes ({k}) cannot exceed trials ({n})")
+    if k == 0:
+        return 0.0
+    return float(_beta.ppf(alpha, k, n - k + 1))
+
+
+def radius_from_p_lower(p_lower: float, noise_sd: float) -> float:
+    """Certified L2 radius σ·Φ⁻¹(p̲) for a lower bound p̲ > 1/2 on the top class probability.
+
+    Args:
+        p_lower: p̲ in (1/2, 1].
+        noise_sd: σ > 0, in [0, 1] pixel units.
+
+    Returns:
+        The radius in the same pixel units (float64; ``inf`` if p̲ = 1, which a finite
+        Clopper–Pearson bound never returns). Raises for p̲ ≤ 1/2: that is an abstention.
+    """
+    if not (0.5 < p_lower <= 1.0):
+        raise InvalidParameterError(f"p_lower must be in (0.5, 1] to give a radius, got {p_lower!r}")
+    if not (noise_sd > 0 and math.isfinite(noise_sd)):
+        raise InvalidParameterError(f"noise_sd must be > 0 and finite, got {noise_sd!r}")
+    return float(noise_sd) * float(_norm.ppf(float(p_lower)))
+
+
+def top_label(counts: Mapping[Hashable, int]) -> Optional[Hashable]:
+    """The label with the most votes; ties broken deterministically by the smaller ``str(label)``.
+
+    Args:
+        counts: label → vote count (counts ≥ 0).
+
+    Returns:
+        The top label, or None when there is no label with a positive count.
+        The tie-break depends only on the counts, so a guess made from selection votes
+        stays independent of the estimation votes.
+    """
+    best = None
+    best_key = None
+    for label, count in counts.items():
+        if count <= 0:
+            continue
+        key = (-int(count), str(label))
+        if best_key is None or key < best_key:
+            best, best_key = label, key
+    return best
+
+
+@dataclass(frozen=True)
+class PredictOutcome:
+    """Result of :func:`predict_from_counts`.
+
+    Attributes:
+        label: the predicted label, or None for an abstention.
+        p_value: two-sided binomial test p-value of n₁ out of n₁ + n₂ at p = ½.
+    """
+
+    label: Optional[Hashable]
+    p_value: float
+
+
+@dataclass(frozen=True)
+class CertifyOutcome:
+    """Result of :func:`certify_from_counts`.
+
+    Attributes:
+        label: the certified label ĉ, or None for an abstention.
+        p_lower: p̲_A, the (1 − α) lower confidence bound on P[f(x+δ) = ĉ] (0 if no guess).
+        radius: σ·Φ⁻¹(p̲_A) when p̲_A > ½, else 0.0 (pixel units of [0, 1] images).
+    """
+
+    label: Optional[Hashable]
+    p_lower: float
+    radius: float
+
+
+def predict_from_counts(counts: Mapping[Hashable, int], alpha: float, n_errors: int = 0) -> PredictOutcome:
+    """Cohen et al.'s PREDICT on the votes of n noisy samples.
+
+    Args:
+        counts: label → votes from n i.i.d. noisy samples (errors excluded).
+        alpha: α in (0, 1).
+        n_errors: samples whose query failed; they are added to the runner-up's count n₂,
+            which can only make the test more conservative.
+
+    Returns:
+        The top label if the two-sided binomial test of n₁ out of n₁ + n₂ at p = ½ has
+        p-value ≤ α, else an abstention (label None). Guarantee: the returned label differs
+        from the smoothed classifier g(x) with probability at most α.
+    """
+    alpha = check_alpha(alpha)
+    n_errors = _check_count(n_errors, "n_errors")
+    first = top_label(counts)
+    if first is None:
+        return PredictOutcome(label=None, p_value=1.0)
+    n1 = int(counts[first])
+    n2 = max((int(c) for lab, c in counts.items() if lab != first), default=0) + n_errors
+    p_value = float(_binomtest(n1, n1 + n2, 0.5).pvalue)
+    return PredictOutcome(label=first if p_value <= alpha else None, p_value=p_value)
+
+
+def certify_from_counts(
+    guess: Optional[Hashable],
+    estimation_counts: Mapping[Hashable, int],
+    n_estimation: int,
+    noise_sd: float,
+    alpha: float,
+) -> CertifyOutcome:
+    """Cohen et al.'s CERTIFY, estimation step, on the votes of n fresh noisy samples.
+
+    Args:
+        guess: ĉ, the guessed top class, chosen from data independent of the estimation
+            samples (Cohen's n₀ selection samples, or one clean query). None abstains.
+        estimation_counts: label → votes of the n estimation samples. Failed samples are
+            not in it: they count against ĉ through ``n_estimation``.
+        n_estimation: n ≥ 1, the number of estimation samples, failed ones included.
+        noise_sd: σ > 0 in [0, 1] pixel units.
+        alpha: α in (0, 1).
+
+    Returns:
+        With n_A = votes for ĉ and p̲_A = ``clopper_pearson_lower(n_A, n, α)``: if p̲_A > ½,
+        (ĉ, p̲_A, σ·Φ⁻¹(p̲_A)); else an abstention (None, p̲_A, 0.0).
+        Guarantee: with probability ≥ 1 − α over the estimation noise, if a label is
+        returned then g(x + e) = ĉ for every ‖e‖₂ < radius.
+    """
+    n = _check_count(n_estimation, "n_estimation")
+    if n < 1:
+        raise InvalidParameterError("certification needs at least one estimation sample (N >= 1)")
+    noise_sd = check_noise_sd(noise_sd, allow_zero=False)
+    alpha = check_alpha(alpha)
+    total = sum(int(c) for c in estimation_counts.values())
+    if total > n:
+        raise InvalidParameterError(f"estimation counts sum to {total}, more than n_estimation={n}")
+    if guess is None:
+        return CertifyOutcome(label=None, p_lower=0.0, radius=0.0)
+    n_a = int(estimation_counts.get(guess, 0))
+    p_lower = clopper_pearson_lower(n_a, n, alpha)
+    if p_lower <= 0.5:
+        return CertifyOutcome(label=None, p_lower=p_lower, radius=0.0)
+    return CertifyOutcome(label=guess, p_lower=p_lower, radius=radius_from_p_lower(p_lower, noise_sd))
+
+
+def max_certifiable_radius(n_estimation: int, noise_sd: float, alpha: float) -> float:
+    """The largest radius n estimation samples can ever certify: σ·Φ⁻¹(α^{1/n}) (all votes for ĉ).
+
+    Args:
+        n_estimation: n ≥ 1. noise_sd: σ > 0. alpha: α in (0, 1).
+
+    Returns:
+        The ceiling in pixel units (0.0 when even n unanimous votes cannot beat ½).
+    """
+    p_lower = clopper_pearson_lower(n_estimation, n_estimation, alpha)
+    return radius_from_p_lower(p_lower, noise_sd) if p_lower > 0.5 else 0.0
