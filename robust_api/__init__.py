@@ -7,22 +7,8 @@ replayable query log; offline mode re-predicts and re-certifies from logs alone.
 """
 
 from .api import RobustAPI
-from .errors import (
-    DenoiserError,
-    InvalidImageError,
-    InvalidInputError,
-    InvalidParameterError,
-    LogIntegrityError,
-    LogMismatchError,
-    MissingDependencyError,
-    NotAQueryLogError,
-    OfflineModeError,
-    ProviderError,
-    ProviderResponseError,
-    QueryLogError,
-    RobustAPIError,
-    UnknownProviderError,
-)
+from .errors import *  # noqa: F403 - the exception tree, listed in errors.__all__
+from .errors import __all__ as _error_names
 from .providers import CallableProvider, Provider, known_providers, register_provider
 from .query_logs import CallLog, QueryLog, QueryRecord, export_jsonl, export_parquet, open_log
 from .results import ABSTAIN, Certificate, Prediction
@@ -44,19 +30,6 @@ __all__ = [
     "CallableProvider",
     "known_providers",
     "register_provider",
-    "RobustAPIError",
-    "InvalidInputError",
-    "InvalidImageError",
-    "InvalidParameterError",
-    "UnknownProviderError",
-    "ProviderError",
-    "ProviderResponseError",
-    "DenoiserError",
-    "OfflineModeError",
-    "MissingDependencyError",
-    "QueryLogError",
-    "NotAQueryLogError",
-    "LogIntegrityError",
-    "LogMismatchError",
     "__version__",
+    *_error_names,
 ]

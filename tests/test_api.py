@@ -1,6 +1,7 @@
 """RobustAPI end to end: the predecessor's calls, results, noise, denoisers, the local provider."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,28 @@ def test_recorded_sample_log_replays_offline_and_reproduces_online():
     assert recorded.image_digest == fresh.logs.image_digest
     assert [r.label for r in recorded] == [r.label for r in fresh.logs]
     assert (fresh.label, fresh.radius) == tuple(offline.certify(recorded))
+
+
+def test_local_provider_checkpoint_path_and_bad_checkpoints(tmp_path):
+    from robust_api.providers.local import BUNDLED_MODEL
+
+    bundled = Path(robust_api.__file__).parent / "assets" / BUNDLED_MODEL
+    by_path = RobustAPI("local", model=bundled, log=False)
+    assert by_path.provider.model_version == RobustAPI("local", log=False).provider.model_version
+    assert by_path.provider.class_names[0] == "T-shirt/top"
+    not_weights = tmp_path / "model.safetensors"
+    not_weights.write_text("not a checkpoint")
+    with pytest.raises(robust_api.InvalidParameterError, match="not a readable safetensors"):
+        RobustAPI("local", model=not_weights, log=False)
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(robust_api.InvalidParameterError, match="metadata"):
+        RobustAPI("local", model=foreign, log=False)
+    wrong_keys = tmp_path / "wrong.safetensors"
+    save_file({"w": torch.zeros(2)}, str(wrong_keys), metadata={"format": "robust_api.classifier/1", "arch": "fashion_mnist_cnn", "class_names": "[]", "input_shape": "[1, 28, 28]"})
+    with pytest.raises(robust_api.InvalidParameterError, match="do not fit"):
+        RobustAPI("local", model=wrong_keys, log=False)
+    with pytest.raises(robust_api.InvalidParameterError, match="checkpoint not found"):
+        RobustAPI("local", model=tmp_path / "missing.safetensors", log=False)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ARCH_NAME", "FashionMNISTCNN", "build", "known_archs"]
+__all__ = ["ARCH_NAME", "CLASSIFIER_FORMAT", "FashionMNISTCNN", "build", "known_archs"]
 
 #: Architecture name stored in the ``"arch"`` metadata of saved weights.
 ARCH_NAME = "fashion_mnist_cnn"
+
+#: ``"format"`` metadata of classifier checkpoints that ``robust_api.providers.local`` loads.
+CLASSIFIER_FORMAT = "robust_api.classifier/1"
 
 # Per-pixel mean / std of the Fashion-MNIST training set, with pixels in [0, 1].
 _FMNIST_MEAN = 0.2860

@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from robust_api.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
-from robust_api.models.fashion_mnist import ARCH_NAME, build
+from robust_api.models.fashion_mnist import ARCH_NAME, CLASSIFIER_FORMAT, build
 
 __all__ = ["FORMAT", "EpochStats", "to_tensor", "evaluate", "train", "save_classifier", "main"]
 
 logger = logging.getLogger(__name__)
 
 #: Value of the ``"format"`` metadata entry of saved classifier files.
-FORMAT = "robust_api.classifier/1"
+FORMAT = CLASSIFIER_FORMAT
 
 _MODULE = "robust_api.models.train_fashion_mnist"
 

@@ -23,7 +23,6 @@ __all__ = ["LocalProvider", "BUNDLED_MODEL", "load_classifier"]
 
 #: File name of the bundled Fashion-MNIST classifier inside ``robust_api/assets``.
 BUNDLED_MODEL = "fashion_mnist_cnn.safetensors"
-_CLASSIFIER_FORMAT = "robust_api.classifier/1"
 _TOP_K = 5
 
 
@@ -48,7 +47,7 @@ def load_classifier(path: Union[str, os.PathLike]):
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    from ..models.fashion_mnist import build
+    from ..models.fashion_mnist import CLASSIFIER_FORMAT, build
 
     path = Path(path)
     if not path.is_file():
@@ -59,7 +58,7 @@ def load_classifier(path: Union[str, os.PathLike]):
         state = load_file(os.fspath(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise InvalidParameterError(f"{os.fspath(path)!r} is not a readable safetensors checkpoint ({exc})") from None
-    if metadata.get("format") != _CLASSIFIER_FORMAT:
+    if metadata.get("format") != CLASSIFIER_FORMAT:
         raise InvalidParameterError(
             f"{os.fspath(path)!r} lacks robust_api classifier metadata (format={metadata.get('format')!r}); "
             "pass the torch.nn.Module itself as model= instead"
