@@ -205,7 +205,7 @@ class RobustAPI:
             ``label, counts`` (offline). With noise_sd > 0 the label is wrong (≠ g(x)) with
             probability ≤ α, and ABSTAIN when the vote is not clear.
         """
-        if isinstance(image, CallLog):
+        if isinstance(image, CallLog) or self._offline_input(image):
             return predict_from_log(image, N=N, noise_sd=noise_sd, alpha=alpha)
         N = check_sample_count(DEFAULT_N if N is None else N, "N")
         noise_sd = check_noise_sd(noise_sd, allow_zero=True)
@@ -246,7 +246,7 @@ class RobustAPI:
             is not ABSTAIN the smoothed classifier returns it everywhere within L2 ``radius``.
             Paid queries: N0 + N, minus answers reused from the log.
         """
-        if isinstance(image, CallLog):
+        if isinstance(image, CallLog) or self._offline_input(image):
             return certify_from_log(image, noise_sd=noise_sd, N0=N0, N=N, alpha=alpha)
         noise_sd = check_noise_sd(noise_sd, allow_zero=False)
         N0 = check_sample_count(DEFAULT_N0 if N0 is None else N0, "N0")
@@ -256,13 +256,20 @@ class RobustAPI:
         logs, queries = self._query(image, "certify", noise_sd, seed, plan, {"N0": N0, "N": N, "alpha": alpha})
         return certify_from_log(logs, N0=N0, N=N, alpha=alpha, queries=queries, offline=False)
 
+    def _offline_input(self, image: Any) -> bool:
+        """True when an offline RobustAPI got something log-like (checked by the offline path);
+        raises OfflineModeError for anything else, before any parameter is looked at."""
+        if self.online:
+            return False
+        if isinstance(image, (list, tuple)):
+            return True
+        raise OfflineModeError(
+            "this RobustAPI is offline (online=False): pass logs (result.logs or an item of "
+            "robust_api.open_log(path)) instead of an image, or create it with online=True"
+        )
+
     # -- the online path -----------------------------------------------------------------
     def _query(self, image, kind, noise_sd, seed, plan, params) -> tuple[CallLog, int]:
-        if not self.online:
-            raise OfflineModeError(
-                "this RobustAPI is offline (online=False): pass logs (result.logs or an item of "
-                "robust_api.open_log(path)) instead of an image, or create it with online=True"
-            )
         canonical = as_image(image)
         self.provider.check_image(canonical)
         seed = check_seed(seed) if seed is not None else self.seed
@@ -330,10 +337,10 @@ class RobustAPI:
             latency = time.perf_counter() - began
             now = time.time()
             cost = provider.cost_per_query_usd
-            records = [
-                QueryRecord(phase, start + offset, provider.parse(raw), raw, latency, cost, now)
-                for offset, raw in enumerate(answers)
-            ]
+            records = []
+            for offset, raw in enumerate(answers):
+                dumps_raw(raw)  # a response the log cannot store fails here, as part of this batch
+                records.append(QueryRecord(phase, start + offset, provider.parse(raw), raw, latency, cost, now))
         except BaseException as exc:
             self._record_failure(header, phase, start, images, answers, time.perf_counter() - began, exc)
             if isinstance(exc, RobustAPIError) or not isinstance(exc, Exception):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .api import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, RobustAPI
-from .errors import RobustAPIError
+from .errors import QueryLogError, RobustAPIError
 from .query_logs import export_jsonl, export_parquet, open_log
 from .results import ABSTAIN
 
@@ -83,14 +83,16 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     rows, items = [], []
     for path in args.images:
         name = os.path.basename(path)
-        clean = None if args.no_clean else api.predict(path, N=1, noise_sd=0)
+        # certify first: it validates every parameter before the first (paid) query
         cert = api.certify(path, noise_sd=args.noise_sd, N0=args.N0, N=args.N, alpha=args.alpha)
+        clean = None if args.no_clean else api.predict(path, N=1, noise_sd=0)
         row, item = _certificate_row(name, cert), _certificate_json(name, cert)
         if clean is not None:
             agrees = cert.label == clean.label
-            row += [_label_text(clean.label), "yes" if agrees else "no"]
             item.update(clean_label=None if clean.label is ABSTAIN else clean.label, agrees=agrees)
             item["queries"] += clean.queries
+            row[_CERT_HEADERS.index("queries")] = item["queries"]
+            row += [_label_text(clean.label), "yes" if agrees else "no"]
         rows.append(row)
         items.append(item)
     elapsed = time.perf_counter() - began
@@ -131,15 +133,21 @@ def _cmd_recertify(args: argparse.Namespace) -> int:
             if args.run_id and call.header.run_id not in args.run_id:
                 continue
             alpha = args.alpha if args.alpha is not None else call.header.params.get("alpha", DEFAULT_ALPHA)
-            cert = RobustAPI(call.header.provider, online=False).certify(call, N0=args.N0, N=args.N, alpha=alpha)
             name = call.header.run_id[:12]
+            try:
+                cert = RobustAPI(call.header.provider, online=False).certify(call, N0=args.N0, N=args.N, alpha=alpha)
+            except QueryLogError as exc:  # one unusable call (e.g. killed before estimation) skips only itself
+                rows.append([name, "-", "-", "-", "-", "-", 0, f"skipped: {exc}"])
+                items.append({"image": name, "run_id": call.header.run_id, "status": call.status, "skipped": str(exc)})
+                continue
             rows.append(_certificate_row(name, cert) + [call.status])
             items.append({**_certificate_json(name, cert), "status": call.status})
     if args.json:
         print(json.dumps(items, indent=2))
     else:
         print(_table(["run"] + _CERT_HEADERS[1:] + ["status"], rows))
-        print(f"\n{len(items)} certify calls re-certified offline (no queries sent)")
+        skipped = sum(1 for item in items if "skipped" in item)
+        print(f"\n{len(items) - skipped} certify calls re-certified offline, {skipped} skipped (no queries sent)")
     return 0
 
 

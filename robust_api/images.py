@@ -43,6 +43,8 @@ def _from_pil(pil: Any, source: str = "PIL image") -> np.ndarray:
     mode = pil.mode
     if mode in ("L", "RGB"):
         return np.asarray(pil)
+    if mode in ("I;16", "I;16L", "I;16B"):  # 16-bit grayscale PNG: keep all 16 bits
+        return np.asarray(pil).astype(np.uint16)
     if mode in ("1", "P", "LA", "RGBA", "CMYK", "YCbCr", "RGBX", "PA"):
         target = "L" if mode in ("1", "LA") else "RGB"
         logger.info("converting %s from mode %s to %s", source, mode, target)

@@ -165,6 +165,9 @@ class MemoryQueryLog(QueryLog):
 
     def append(self, run_id: str, records: Sequence[QueryRecord]) -> None:
         seen = self._keys[run_id]
+        for record in records:
+            if record.raw is not None:
+                dumps_raw(record.raw)  # same contract as the SQLite store: raw responses are plain data
         keys = [(record.phase, record.sample_index) for record in records]
         if len(set(keys)) != len(keys) or not seen.isdisjoint(keys):
             raise LogIntegrityError(f"call {run_id}: a sample index was recorded twice")
@@ -228,14 +231,7 @@ class SQLiteQueryLog(QueryLog):
                 f"{self.path} is not a robust_api query log (not an SQLite file); the file was left untouched. "
                 "Pass a new path, or a folder, to start a log there."
             )
-        try:
-            probe = sqlite3.connect(f"file:{self.path.resolve().as_posix()}?mode=ro", uri=True)
-            try:
-                rows = dict(probe.execute("SELECT key, value FROM meta").fetchall())
-            finally:
-                probe.close()
-        except sqlite3.DatabaseError:
-            rows = {}
+        rows = self._probe_meta()
         if rows.get("format") != _FORMAT_NAME:
             raise NotAQueryLogError(
                 f"{self.path} is an SQLite database but not a robust_api query log; the file was left untouched"
@@ -246,6 +242,25 @@ class SQLiteQueryLog(QueryLog):
                 f"{self.path} has log format_version {version}, newer than this robust_api reads ({FORMAT_VERSION}); "
                 "upgrade robust_api"
             )
+
+    def _probe_meta(self) -> dict[str, str]:
+        """Read the meta table read-only, leaving no -wal/-shm file that was not there before."""
+        side_files = [Path(f"{self.path}{suffix}") for suffix in ("-wal", "-shm")]
+        existed = [side.exists() for side in side_files]
+        # without a WAL file the database is complete in the main file: immutable creates nothing
+        options = "mode=ro" if existed[0] else "mode=ro&immutable=1"
+        try:
+            probe = sqlite3.connect(f"file:{self.path.resolve().as_posix()}?{options}", uri=True)
+            try:
+                return dict(probe.execute("SELECT key, value FROM meta").fetchall())
+            finally:
+                probe.close()
+        except sqlite3.DatabaseError:
+            return {}
+        finally:
+            for side, was_there in zip(side_files, existed):
+                if not was_there and side.exists():
+                    side.unlink()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(os.fspath(self.path), timeout=30.0, check_same_thread=False, isolation_level=None)
