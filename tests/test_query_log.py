@@ -30,23 +30,12 @@ from robust_api import (
 )
 from robust_api.query_logs import MemoryQueryLog, SQLiteQueryLog, import_jsonl
 
+from doubles import Counting, halfspace_label
+
 REPO = Path(__file__).resolve().parent.parent
 SIGMA = 0.25
 
 
-def halfspace_label(x: np.ndarray) -> str:
-    return "A" if float(x[0, 0, 0]) < 0.5 else "B"
-
-
-class Counting:
-    def __init__(self):
-        self.calls = 0
-        self.images = 0
-
-    def __call__(self, batch):
-        self.calls += 1
-        self.images += len(batch)
-        return [halfspace_label(x) for x in batch]
 
 
 def make_image(level: int = 50) -> np.ndarray:
