@@ -133,7 +133,7 @@ def test_class_names():
 
 
 @pytest.fixture(scope="module")
-def test_split():
+def fmnist_test_split():
     return load_fashion_mnist("test")
 
 
@@ -198,9 +198,9 @@ def test_shipped_weights_metadata(shipped):
 
 
 @needs_data
-def test_shipped_weights_accuracy(shipped, test_split):
+def test_shipped_weights_accuracy(shipped, fmnist_test_split):
     model, md = shipped
-    x, y = test_split
+    x, y = fmnist_test_split
     acc = float((_predict(model, x) == y).mean())
     assert acc >= 0.90
     assert abs(acc - float(md["test_accuracy"])) < 0.002  # metadata is honest
@@ -239,8 +239,8 @@ def test_example_images_match_labels_csv():
 
 
 @needs_data
-def test_example_images_are_first_test_images_per_class(test_split):
-    x, y = test_split
+def test_example_images_are_first_test_images_per_class(fmnist_test_split):
+    x, y = fmnist_test_split
     rows = _example_rows()
     expected = sorted(int(i) for c in range(10) for i in np.flatnonzero(y == c)[:3])
     assert [r[1] for r in rows] == expected
