@@ -337,16 +337,20 @@ class RobustAPI:
             latency = time.perf_counter() - began
             now = time.time()
             cost = provider.cost_per_query_usd
-            records = []
-            for offset, raw in enumerate(answers):
-                dumps_raw(raw)  # a response the log cannot store fails here, as part of this batch
-                records.append(QueryRecord(phase, start + offset, provider.parse(raw), raw, latency, cost, now))
+            records = [
+                QueryRecord(phase, start + offset, provider.parse(raw), raw, latency, cost, now)
+                for offset, raw in enumerate(answers)
+            ]
         except BaseException as exc:
             self._record_failure(header, phase, start, images, answers, time.perf_counter() - began, exc)
             if isinstance(exc, RobustAPIError) or not isinstance(exc, Exception):
                 raise
             raise ProviderError(f"{provider.identity} failed: {type(exc).__name__}: {exc}") from exc
-        self.log.append(header.run_id, records)
+        try:
+            self.log.append(header.run_id, records)
+        except ProviderResponseError as exc:  # the store refused a raw response (not plain data): the batch failed
+            self._record_failure(header, phase, start, images, answers, latency, exc)
+            raise
         return len(records)
 
     def _record_failure(self, header, phase, start, images, answers, latency, exc) -> None:

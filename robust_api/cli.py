@@ -137,7 +137,7 @@ def _cmd_recertify(args: argparse.Namespace) -> int:
             try:
                 cert = RobustAPI(call.header.provider, online=False).certify(call, N0=args.N0, N=args.N, alpha=alpha)
             except QueryLogError as exc:  # one unusable call (e.g. killed before estimation) skips only itself
-                rows.append([name, "-", "-", "-", "-", "-", 0, f"skipped: {exc}"])
+                rows.append([name] + ["-"] * (len(_CERT_HEADERS) - 2) + [0, f"skipped: {exc}"])
                 items.append({"image": name, "run_id": call.header.run_id, "status": call.status, "skipped": str(exc)})
                 continue
             rows.append(_certificate_row(name, cert) + [call.status])

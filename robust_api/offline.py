@@ -35,9 +35,7 @@ def as_call_log(logs: Any) -> CallLog:
 
 def _check_noise_matches(logs: CallLog, noise_sd: Optional[float]) -> float:
     logged = float(logs.header.noise_sd)
-    if noise_sd is not None:
-        noise_sd = check_noise_sd(noise_sd, allow_zero=True)
-    if noise_sd is not None and noise_sd != logged:
+    if noise_sd is not None and check_noise_sd(noise_sd, allow_zero=True) != logged:
         raise LogMismatchError(
             f"noise_sd={noise_sd!r} differs from the logged noise_sd={logged!r}: a certificate is only valid for "
             "the noise the samples were drawn with. Omit noise_sd or pass the logged value."
