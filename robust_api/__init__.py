@@ -15,8 +15,21 @@ from .results import ABSTAIN, Certificate, Prediction
 
 __version__ = "0.1.0"
 
+
+def load_denoiser(name_or_path, device=None, *, noise_sd=None):
+    """Load a denoiser by shipped name (``robust_api.denoisers.available()``) or file path.
+
+    A float [B, C, H, W] in [0, 1] → same ``torch.nn.Module`` in eval mode on ``device``; see
+    :func:`robust_api.denoisers.load_denoiser` for the formats and errors. (Defined here so that
+    ``import robust_api`` stays fast: torch is imported on first use.)
+    """
+    from .denoisers.loading import load_denoiser as _load_denoiser
+
+    return _load_denoiser(name_or_path, device=device, noise_sd=noise_sd)
+
 __all__ = [
     "RobustAPI",
+    "load_denoiser",
     "ABSTAIN",
     "Prediction",
     "Certificate",

@@ -8,6 +8,7 @@ Offline path: the same statistics on a recorded :class:`~robust_api.query_logs.C
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 import uuid
@@ -59,6 +60,18 @@ def _contiguous_runs(indices: Sequence[int], max_len: int) -> Iterator[tuple[int
         yield start, stop
 
 
+#: Host memory for one block of noisy copies on their way through the denoiser.
+DENOISE_BLOCK_BYTES = 256 << 20
+MAX_DENOISE_BLOCK = 4096
+
+
+def _denoise_block_size(image_shape: tuple) -> int:
+    """Noisy copies generated and denoised together: as many float32 images as fit
+    ``DENOISE_BLOCK_BYTES``, between 1 and ``MAX_DENOISE_BLOCK``."""
+    per_image = 4 * int(np.prod(image_shape))
+    return int(min(MAX_DENOISE_BLOCK, max(1, DENOISE_BLOCK_BYTES // per_image)))
+
+
 class _CallableDenoiser:
     """A plain function float32 [B, H, W, C] in [0, 1] → same, checked on every batch."""
 
@@ -84,6 +97,10 @@ def _make_denoiser(denoiser: Any, device: Any):
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         torch = None
+    if isinstance(denoiser, (str, os.PathLike)):
+        from .denoisers.loading import load_denoiser
+
+        denoiser = load_denoiser(denoiser, device=device)
     if torch is not None and isinstance(denoiser, torch.nn.Module):
         from .torch_utils import ModuleDenoiser
 
@@ -91,8 +108,8 @@ def _make_denoiser(denoiser: Any, device: Any):
     if callable(denoiser) and not isinstance(denoiser, (str, bytes)):
         return _CallableDenoiser(denoiser)
     raise InvalidParameterError(
-        f"denoiser must be None, a torch.nn.Module ([B, C, H, W] in [0, 1] -> same) or a callable on "
-        f"float32 [B, H, W, C] arrays; got {type(denoiser).__name__}"
+        f"denoiser must be None, a shipped name (robust_api.denoisers.available()), a path, a torch.nn.Module "
+        f"([B, C, H, W] in [0, 1] -> same) or a callable on float32 [B, H, W, C] arrays; got {type(denoiser).__name__}"
     )
 
 
@@ -108,8 +125,10 @@ class RobustAPI:
         provider: a registered name (``"local"``; see ``robust_api.known_providers()``), a
             :class:`~robust_api.providers.Provider`, or any callable mapping float32 images
             [N, H, W, C] in [0, 1] to N str labels (or N raw responses with ``label_fn``).
-        denoiser: None, a ``torch.nn.Module`` mapping [B, C, H, W] in [0, 1] to the same, or a
-            callable on float32 [B, H, W, C] arrays.
+        denoiser: None; the name of a shipped denoiser (``robust_api.denoisers.available()``,
+            e.g. ``"fashion-mnist-dncnn-0.25"``) or a path to a denoiser file (see
+            :func:`robust_api.load_denoiser`); a ``torch.nn.Module`` mapping [B, C, H, W] in
+            [0, 1] to the same; or a callable on float32 [B, H, W, C] arrays.
         online: False for offline mode: only re-analysis of logs, nothing is ever sent and
             no provider is built (the provider name is then informational).
         log: where the query log goes: None → ``./query_logs/queries.sqlite3``; a folder; an
@@ -272,6 +291,7 @@ class RobustAPI:
     def _query(self, image, kind, noise_sd, seed, plan, params) -> tuple[CallLog, int]:
         canonical = as_image(image)
         self.provider.check_image(canonical)
+        self._check_denoiser_fits(canonical, noise_sd)
         seed = check_seed(seed) if seed is not None else self.seed
         if seed is None:
             seed = secrets.randbits(63)
@@ -300,6 +320,22 @@ class RobustAPI:
         self.log.finish_call(header.run_id, "complete")
         return self.log.load_call(header.run_id), queries
 
+    def _check_denoiser_fits(self, image: np.ndarray, noise_sd: float) -> None:
+        module = getattr(self.denoiser, "module", None)
+        channels = getattr(module, "image_channels", None)
+        if channels is not None and image.shape[-1] != channels:
+            raise DenoiserError(
+                f"denoiser {self.denoiser.identity} takes {channels}-channel images but the image has "
+                f"{image.shape[-1]} channels; use a denoiser for {image.shape[-1]}-channel images"
+            )
+        trained_for = getattr(self.denoiser, "noise_sd", None)
+        if trained_for is not None and noise_sd > 0 and abs(trained_for - noise_sd) > 1e-9:
+            logger.warning(
+                "denoiser %s was trained for noise_sd=%s but is used at noise_sd=%s; the certificate stays "
+                "valid but will be weaker than with a denoiser trained for this σ",
+                self.denoiser.identity, trained_for, noise_sd,
+            )
+
     def _run_phase(self, header: CallHeader, image: np.ndarray, phase: str, count: int) -> int:
         reusable = self.log.find_reusable(header, phase, count)
         if reusable:
@@ -312,12 +348,17 @@ class RobustAPI:
             return 0
         sampler = NoiseSampler(image, header.image_digest, header.seed, phase, header.noise_sd)
         batch = min(self.batch_size or self.provider.max_batch_size, self.provider.max_batch_size)
+        # Noise is generated and denoised a block at a time (bounded host memory), and each block
+        # is cut into provider-sized requests: a one-image-per-request API still gets a batched
+        # denoiser.
+        block = max(batch, _denoise_block_size(image.shape)) if self.denoiser is not None else batch
         sent = 0
-        for start, stop in _contiguous_runs(missing, batch):
+        for start, stop in _contiguous_runs(missing, block):
             images = sampler.noisy(start, stop)
             if self.denoiser is not None:
                 images = self._denoise(images)
-            sent += self._send_batch(header, phase, start, images)
+            for offset in range(0, stop - start, batch):
+                sent += self._send_batch(header, phase, start + offset, images[offset : offset + batch])
         return sent
 
     def _denoise(self, images: np.ndarray) -> np.ndarray:

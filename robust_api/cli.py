@@ -68,6 +68,7 @@ def _certificate_json(name: str, cert) -> dict[str, Any]:
 def _build_api(args: argparse.Namespace) -> RobustAPI:
     return RobustAPI(
         args.provider,
+        denoiser=args.denoiser,
         online=True,
         log=args.log,
         seed=args.seed,
@@ -161,6 +162,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_denoisers(args: argparse.Namespace) -> int:
+    from safetensors import safe_open
+
+    from .denoisers.loading import _shipped_root, available
+
+    rows = []
+    for name in available():
+        with safe_open(str(_shipped_root() / f"{name}.safetensors"), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        rows.append([name, meta.get("noise_sd", "?"), meta.get("arch", "?"), meta.get("objective", "?"),
+                     meta.get("dataset", "?")])
+    print(_table(["name", "noise_sd", "arch", "objective", "trained on"], rows))
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -179,6 +195,10 @@ def _add_online_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--provider", default="local", help="provider name (default: local, the bundled model)")
     parser.add_argument("--model", default=None, help="local provider: classifier checkpoint (.safetensors)")
+    parser.add_argument(
+        "--denoiser", default=None,
+        help="denoiser: a shipped name (e.g. fashion-mnist-dncnn-0.25; see 'robust-api denoisers') or a file",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--log", default=None, help="query log file or folder (default: ./query_logs/)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible noise (default: fresh per call)")
@@ -186,8 +206,9 @@ def _add_online_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=_probability, default=DEFAULT_ALPHA, help="failure probability (default 0.001)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``robust-api`` (sub-commands certify, predict, recertify, export)."""
+def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The argument parser of ``robust-api`` (sub-commands certify, predict, recertify, export,
+    train-denoiser, eval-denoiser); ``argv`` is recorded as the recipe of trained denoisers."""
     parser = argparse.ArgumentParser(
         prog="robust-api", description="Certified-robust predictions from image classifiers and vision APIs."
     )
@@ -224,12 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("log_path", help="query log to read")
     export.add_argument("out", help="output file: .jsonl, or .parquet")
     export.set_defaults(handler=_cmd_export)
+
+    denoisers = commands.add_parser("denoisers", help="list the shipped denoisers")
+    denoisers.set_defaults(handler=_cmd_denoisers)
+
+    from .denoisers.commands import add_commands
+
+    add_commands(commands, sys.argv[1:] if argv is None else argv)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``robust-api`` console script; returns the exit status."""
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
     try:

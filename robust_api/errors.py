@@ -71,7 +71,8 @@ class ProviderResponseError(ProviderError, ValueError):
 
 
 class DenoiserError(RobustAPIError, RuntimeError):
-    """The denoiser raised, or returned an array of the wrong shape or with non-finite values."""
+    """A denoiser could not be loaded (unknown name, unreadable or mismatched checkpoint, wrong
+    channel count), raised, or returned an array of the wrong shape or with non-finite values."""
 
 
 class OfflineModeError(RobustAPIError, RuntimeError):

@@ -546,8 +546,14 @@ def test_bad_denoiser_raises_denoiser_error_before_the_provider(denoiser, phrase
 
 def test_denoiser_of_wrong_type(counting):
     with pytest.raises(InvalidParameterError) as excinfo:
+        RobustAPI(counting, denoiser=42, log=False)
+    assert_rejected(excinfo, InvalidParameterError, ["denoiser must be None", "got int"], counting)
+
+
+def test_unknown_denoiser_name_lists_the_shipped_ones(counting):
+    with pytest.raises(DenoiserError) as excinfo:
         RobustAPI(counting, denoiser="dncnn", log=False)
-    assert_rejected(excinfo, InvalidParameterError, ["denoiser must be None", "got str"], counting)
+    assert_rejected(excinfo, DenoiserError, ["no shipped denoiser or file named 'dncnn'", "shipped:"], counting)
 
 
 # -- provider names and log paths ------------------------------------------------------------

@@ -44,25 +44,15 @@ def load_classifier(path: Union[str, os.PathLike]):
         (module in eval mode on CPU, class_names list, input_shape tuple (C, H, W)).
         Keys are loaded strictly: a missing or unexpected tensor is an error.
     """
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     from ..models.fashion_mnist import CLASSIFIER_FORMAT, build
+    from ..torch_utils import read_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise InvalidParameterError(f"model checkpoint not found: {os.fspath(path)!r}")
-    try:
-        with safe_open(os.fspath(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        state = load_file(os.fspath(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InvalidParameterError(f"{os.fspath(path)!r} is not a readable safetensors checkpoint ({exc})") from None
-    if metadata.get("format") != CLASSIFIER_FORMAT:
-        raise InvalidParameterError(
-            f"{os.fspath(path)!r} lacks robust_api classifier metadata (format={metadata.get('format')!r}); "
-            "pass the torch.nn.Module itself as model= instead"
-        )
+    metadata, state = read_safetensors(
+        path, CLASSIFIER_FORMAT, InvalidParameterError, "pass the torch.nn.Module itself as model= instead"
+    )
     module = build(metadata["arch"])
     try:
         module.load_state_dict(state, strict=True)
