@@ -1,6 +1,6 @@
 """Denoiser throughput (images/s): one image at a time in fp32 versus the SDK's batched runner.
 
-For two input shapes — 28x28x1 (a DnCNN of the shipped Fashion-MNIST size: depth 8, 32
+For two input shapes — 28x28x1 (a DnCNN of the shipped Fashion-MNIST size: depth 10, 32
 channels) and 224x224x3 (the paper's DnCNN-17, 64 channels) — it times, side by side:
   fp32-loop         the predecessor's way: each image alone as a [1, C, H, W] fp32 tensor
                     through the module (eval mode, torch.inference_mode);
@@ -15,7 +15,7 @@ Weights are random (throughput does not depend on them); inputs are noisy copies
 from NoiseSampler. Each mode gets one untimed warm-up run; the median of --repeats runs is shown.
 
 Run:  python benchmarks/denoiser_throughput.py [--device cpu|cuda] [--repeats 3] [--threads T]
-          [--images-28 N] [--images-224 N] [--depth-28 8] [--channels-28 32]
+          [--images-28 N] [--images-224 N] [--depth-28 10] [--channels-28 32]
           [--depth-224 17] [--channels-224 64] [--check 4] [--no-cpu-bf16]
 (default devices: CPU, plus CUDA when available; default image counts: 512 / 8 on CPU,
 4096 / 256 on CUDA)
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--images-28", type=int, help="images of 28x28x1 (default 512 CPU / 4096 CUDA)")
     parser.add_argument("--images-224", type=int, help="images of 224x224x3 (default 8 CPU / 256 CUDA)")
-    parser.add_argument("--depth-28", type=int, default=8)
+    parser.add_argument("--depth-28", type=int, default=10)
     parser.add_argument("--channels-28", type=int, default=32)
     parser.add_argument("--depth-224", type=int, default=17)
     parser.add_argument("--channels-224", type=int, default=64)

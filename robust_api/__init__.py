@@ -6,6 +6,7 @@ vote, and certify an L2 radius with a Clopper–Pearson bound. Every query is re
 replayable query log; offline mode re-predicts and re-certifies from logs alone.
 """
 
+from . import denoisers  # lazy: torch is imported on first use of a denoiser
 from .api import RobustAPI
 from .errors import *  # noqa: F403 - the exception tree, listed in errors.__all__
 from .errors import __all__ as _error_names

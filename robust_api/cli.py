@@ -167,13 +167,20 @@ def _cmd_denoisers(args: argparse.Namespace) -> int:
 
     from .denoisers.loading import _shipped_root, available
 
-    rows = []
+    rows, metadata = [], {}
     for name in available():
         with safe_open(str(_shipped_root() / f"{name}.safetensors"), framework="pt") as handle:
-            meta = handle.metadata() or {}
-        rows.append([name, meta.get("noise_sd", "?"), meta.get("arch", "?"), meta.get("objective", "?"),
-                     meta.get("dataset", "?")])
-    print(_table(["name", "noise_sd", "arch", "objective", "trained on"], rows))
+            meta = metadata[name] = handle.metadata() or {}
+            params = sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys()
+                         if not key.endswith("num_batches_tracked"))
+        rows.append([name, meta.get("noise_sd", "?"), meta.get("arch", "?"), f"{params:,}", meta.get("objective", "?"),
+                     meta.get("val_psnr_db", "?"), meta.get("train_seconds", "?"), meta.get("dataset", "?")])
+    print(_table(["name", "noise_sd", "arch", "stored values", "objective", "val PSNR dB", "train s", "trained on"], rows))
+    if args.verbose:
+        for name, meta in metadata.items():
+            print(f"\n{name}")
+            for key in sorted(meta):
+                print(f"  {key}: {meta[key]}")
     return 0
 
 

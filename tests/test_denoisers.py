@@ -624,6 +624,19 @@ def test_stability_training_reduces_its_loss():
     assert not any(p.requires_grad for p in classifier.parameters())
 
 
+def test_stability_with_several_surrogates_averages_their_losses():
+    images = _smooth_blobs(256, 16, seed=0)
+    surrogates = [_surrogate(seed=0), _surrogate(seed=1)]
+    model = _small_dncnn(channels=1, depth=4, width=16)
+    before = [_stability_loss(model, clf, images[:64], 0.5) for clf in surrogates]
+    history = train_denoiser(model, images, noise_sd=0.5, objective="stability", classifiers=surrogates,
+                             epochs=4, batch_size=32, lr=5e-3, seed=0, device="cpu")
+    after = [_stability_loss(model, clf, images[:64], 0.5) for clf in surrogates]
+    assert history[-1].loss < history[0].loss
+    # the objective is their mean, and it went down
+    assert sum(after) < 0.95 * sum(before)
+
+
 def test_training_argument_errors():
     model = _small_dncnn()
     images = _smooth_blobs(8, 8)

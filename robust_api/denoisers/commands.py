@@ -252,7 +252,7 @@ def _cmd_eval_fashion_mnist(args: argparse.Namespace, denoisers: List[tuple]) ->
             rows.append([sigma, name, f"{_psnr_of(denoised, images):.2f}", f"{_accuracy(classifier, denoised, truth):.4f}"])
     print("\nPSNR and accuracy on one noisy copy per image")
     print(_table(["noise_sd", "denoiser", "PSNR dB", "accuracy"], rows))
-    radii_grid = [0.0, 0.25, 0.5, 0.75, 1.0]
+    radii_grid = args.radii
     rows = []
     for sigma in args.noise_sd:
         for n0, n in args.budget or [(20, 100)]:
@@ -290,6 +290,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if any(name == "nl-means" for name, _ in denoisers[1:]):
         raise InvalidParameterError("nl-means evaluation is for --dataset photos")
     return _cmd_eval_fashion_mnist(args, denoisers)
+
+
+def _radii(text: str) -> list:
+    try:
+        radii = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated radii like 0,0.25,0.5, got {text!r}") from None
+    if any(not r >= 0 for r in radii):
+        raise argparse.ArgumentTypeError("radii must be >= 0")
+    return radii
 
 
 def _budget(text: str) -> tuple:
@@ -344,6 +354,8 @@ def add_commands(commands: Any, argv: Sequence[str]) -> None:
     evaluate.add_argument("--budget", type=_budget, action="append", default=None,
                           help="N0/N for certification (repeatable; default 20/100)")
     evaluate.add_argument("--alpha", type=float, default=0.001)
+    evaluate.add_argument("--radii", type=_radii, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                          help="radii of the certified-accuracy columns, comma-separated (default 0,0.25,0.5,0.75,1)")
     evaluate.add_argument("--photos", default=None, help="photos: comma-separated names (default: the held-out ones)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--threads", type=int, default=None, help="CPU threads for torch")

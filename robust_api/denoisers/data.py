@@ -3,9 +3,9 @@
 * ``"fashion-mnist"`` — the Debian ``dataset-fashion-mnist`` package (60k train / 10k test,
   28×28 gray), see :func:`robust_api.datasets.load_fashion_mnist`.
 * ``"photos"`` — natural color photos that Python packages ship: scikit-image's
-  ``skimage.data`` photos and scikit-learn's ``load_sample_images``. :data:`HELD_OUT_PHOTOS`
-  are never trained on and are where PSNR is reported. Needs
-  ``pip install 'robust-api[train]'``.
+  ``skimage.data`` photos (public domain or CC0) and scikit-learn's ``load_sample_images``
+  (CC BY 2.0, danielbuechele and vultilion on Flickr). :data:`HELD_OUT_PHOTOS` are never
+  trained on and are where PSNR is reported. Needs ``pip install 'robust-api[train]'``.
 * a folder of image files (PNG, JPEG …), for a user's own data.
 """
 
@@ -31,7 +31,7 @@ def _skimage(name: str) -> Callable[[], np.ndarray]:
         except ImportError:
             raise MissingDependencyError("photos need scikit-image: pip install 'robust-api[train]'") from None
         image = getattr(skimage.data, name)()
-        return image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
+        return image
 
     return load
 
@@ -55,7 +55,6 @@ _PHOTOS: Dict[str, Callable[[], np.ndarray]] = {
     "hubble_deep_field": _skimage("hubble_deep_field"),
     "retina": _skimage("retina"),
     "immunohistochemistry": _skimage("immunohistochemistry"),
-    "stereo_motorcycle_left": _skimage("stereo_motorcycle"),
     "sklearn_china": _sklearn(0),
     "sklearn_flower": _sklearn(1),
 }
