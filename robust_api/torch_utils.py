@@ -81,8 +81,9 @@ class ModuleDenoiser:
 
     Attributes:
         identity: ``"denoiser:<shipped name>"`` or ``"module:<class path>"``.
-        digest: hex SHA-256 of the weights and, if the module has ``config()``, its configuration;
-            recorded in the query log with every call.
+        digest: hex SHA-256 of the weights, the module's ``config()`` if it has one, and the
+            autocast precision if any; recorded in the query log with every call, so logged
+            answers are reused only for the same denoiser run the same way.
         noise_sd: the σ the module says it was trained for, or None.
     """
 
@@ -105,6 +106,10 @@ class ModuleDenoiser:
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         if on_cuda:
             self.module = self.module.to(memory_format=torch.channels_last)
+        if self.autocast_dtype is not None:
+            # Reduced precision is a (slightly) different base classifier: a logged call made in
+            # float32 must not be resumed with bfloat16 votes, so the precision is part of the digest.
+            self.digest = hashlib.sha256(f"{self.digest}|autocast={self.autocast_dtype}".encode()).hexdigest()
         self._torch = torch
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
