@@ -256,7 +256,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     denoisers = commands.add_parser("denoisers", help="list the shipped denoisers")
     denoisers.set_defaults(handler=_cmd_denoisers)
 
-    from .denoisers.commands import add_commands
+    from .denoisers.cli import add_commands
 
     add_commands(commands, sys.argv[1:] if argv is None else argv)
     return parser

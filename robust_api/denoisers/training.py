@@ -123,7 +123,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device) -> dict:
+def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device, settings: dict) -> dict:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -132,6 +132,11 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     if metadata.get("format") != _CHECKPOINT_FORMAT:
         raise DenoiserError(f"{os.fspath(path)!r} is not a robust_api training checkpoint")
     meta = json.loads(metadata["meta"])
+    if meta.get("settings") != settings:  # checked before the model is touched
+        raise DenoiserError(
+            f"checkpoint {os.fspath(path)!r} was made with {meta.get('settings')}, not {settings}; "
+            "delete it or rerun with the same arguments"
+        )
     tensors = load_file(os.fspath(path), device="cpu")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     state: dict = {}
@@ -216,12 +221,7 @@ def train_denoiser(
     first_epoch = 1
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
-        meta = _load_checkpoint(path, model, optimizer, device)
-        if meta.get("settings") != settings:
-            raise DenoiserError(
-                f"checkpoint {os.fspath(path)!r} was made with {meta.get('settings')}, not {settings}; "
-                "delete it or rerun with the same arguments"
-            )
+        meta = _load_checkpoint(path, model, optimizer, device, settings)
         first_epoch = int(meta["epochs_done"]) + 1
         logger.info("resuming from %s after epoch %d", path, first_epoch - 1)
     history: List[EpochStats] = []
