@@ -321,8 +321,7 @@ class RobustAPI:
         return self.log.load_call(header.run_id), queries
 
     def _check_denoiser_fits(self, image: np.ndarray, noise_sd: float) -> None:
-        module = getattr(self.denoiser, "module", None)
-        channels = getattr(module, "image_channels", None)
+        channels = getattr(self.denoiser, "image_channels", None)
         if channels is not None and image.shape[-1] != channels:
             raise DenoiserError(
                 f"denoiser {self.denoiser.identity} takes {channels}-channel images but the image has "

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -85,6 +85,7 @@ class ModuleDenoiser:
             autocast precision if any; recorded in the query log with every call, so logged
             answers are reused only for the same denoiser run the same way.
         noise_sd: the σ the module says it was trained for, or None.
+        image_channels: the channel count the module accepts, or None (any / unknown).
     """
 
     def __init__(self, module, device: Any = None, mixed_precision: Optional[bool] = None):
@@ -94,22 +95,18 @@ class ModuleDenoiser:
         self.module = module.to(self.device).eval()
         name = (getattr(module, "metadata", None) or {}).get("name")
         self.identity = f"denoiser:{name}" if name else f"module:{type(module).__module__}.{type(module).__qualname__}"
-        digest = state_dict_digest(module)
-        config = getattr(module, "config", None)
-        if callable(config):
-            digest = hashlib.sha256((digest + json.dumps(config(), sort_keys=True)).encode()).hexdigest()
-        self.digest = digest
         self.noise_sd = getattr(module, "noise_sd", None)
-        on_cuda = self.device.type == "cuda"
+        self.image_channels = getattr(module, "image_channels", None)
         self.autocast_dtype = None
-        if on_cuda and mixed_precision is not False:
-            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if on_cuda:
+        if self.device.type == "cuda":
             self.module = self.module.to(memory_format=torch.channels_last)
-        if self.autocast_dtype is not None:
-            # Reduced precision is a (slightly) different base classifier: a logged call made in
-            # float32 must not be resumed with bfloat16 votes, so the precision is part of the digest.
-            self.digest = hashlib.sha256(f"{self.digest}|autocast={self.autocast_dtype}".encode()).hexdigest()
+            if mixed_precision is not False:
+                self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Reduced precision is a (slightly) different base classifier: a call logged in float32
+        # must not be resumed with bfloat16 votes, so the precision is part of the digest.
+        config = module.config() if callable(getattr(module, "config", None)) else None
+        parts = [state_dict_digest(module), json.dumps(config, sort_keys=True), str(self.autocast_dtype)]
+        self.digest = hashlib.sha256("|".join(parts).encode()).hexdigest()
         self._torch = torch
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -127,7 +124,7 @@ class ModuleDenoiser:
                 else:
                     out = self.module(batch)
                 outputs.append(out.float().clamp_(0.0, 1.0).permute(0, 2, 3, 1).to("cpu").numpy())
-        return np.ascontiguousarray(np.concatenate(outputs)) if len(outputs) > 1 else np.ascontiguousarray(outputs[0])
+        return np.concatenate(outputs)
 
 
 #: Memory a denoiser chunk may use for activations: a share of free CUDA memory, or this on CPU.

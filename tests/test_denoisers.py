@@ -895,3 +895,9 @@ def test_denoiser_runs_in_blocks_larger_than_the_provider_batch():
     reference = RobustAPI(provider, log=False, seed=0, batch_size=8).certify(
         np.full((8, 8, 1), 0.2, np.float32), noise_sd=0.25, N0=7, N=30)
     assert reference.counts == cert.counts and reference.selection_counts == cert.selection_counts
+
+
+@pytest.mark.parametrize("noise_sd", ["0.25", -0.1, 0.0, 2.0, float("nan")])
+def test_load_denoiser_rejects_a_bad_noise_sd_argument(noise_sd):
+    with pytest.raises(InvalidParameterError, match="noise_sd"):
+        load_denoiser("nl-means", noise_sd=noise_sd, device="cpu")

@@ -12,7 +12,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Sequence
 
 import numpy as np
 
@@ -150,43 +150,41 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_in_chunks(module, images, chunk: int = 512):
+    """``module`` on float [N, C, H, W] ``images`` 512 at a time, without autograd; outputs concatenated."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([module(images[s : s + chunk]) for s in range(0, len(images), chunk)])
+
+
 def _accuracy(classifier, images, labels) -> float:
     """Top-1 accuracy of ``classifier`` on float [N, C, H, W] ``images`` against int ``labels``."""
-    import torch
-
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(images), 512):
-            correct += int((classifier(images[start : start + 512]).argmax(1) == labels[start : start + 512]).sum())
-    return correct / len(images)
-
-
-def _denoise_all(denoiser, images):
-    import torch
-
-    with torch.no_grad():
-        return torch.cat([denoiser(images[s : s + 512]).clamp(0, 1) for s in range(0, len(images), 512)])
+    return float((_apply_in_chunks(classifier, images).argmax(1) == labels).float().mean())
 
 
 def _psnr_of(images, clean) -> float:
     """Mean over images of the PSNR (dB, peak 1) of ``images`` against ``clean``, both [N, C, H, W]."""
-    import torch
+    from .training import psnr_per_image
 
-    mse = (images - clean).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-    return float((-10 * torch.log10(mse)).mean())
+    return float(psnr_per_image(images, clean).mean())
+
+
+def _trained_for_another_sigma(module, sigma: float) -> bool:
+    """True when ``module`` says it was trained for a σ other than ``sigma`` (it is then skipped)."""
+    return module is not None and getattr(module, "noise_sd", None) not in (None, sigma)
 
 
 def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:
     import torch
 
     from ..cli import _table
-
+    from .data import HELD_OUT_PHOTOS, load_photos
     from .loading import load_denoiser
     from .training import add_noise
 
-    from .data import HELD_OUT_PHOTOS, load_photos
-
-    photos = load_photos(args.photos.split(",") if args.photos else HELD_OUT_PHOTOS)
+    names = args.photos.split(",") if args.photos else list(HELD_OUT_PHOTOS)
+    photos = load_photos(names)
     rows = []
     for sigma in args.noise_sd:
         generator = torch.Generator().manual_seed(args.seed)
@@ -195,14 +193,14 @@ def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:
         for name, module in denoisers:
             if module is None:
                 module = load_denoiser("nl-means", noise_sd=sigma, device="cpu")
-            elif getattr(module, "noise_sd", None) not in (None, sigma):
+            elif _trained_for_another_sigma(module, sigma):
                 row.append("-")
                 continue
             with torch.no_grad():
                 values = [_psnr_of(module(n).clamp(0, 1), p.unsqueeze(0)) for n, p in zip(noisy, photos)]
             row.append(f"{np.mean(values):.2f}")
         rows.append(row)
-    print(f"PSNR (dB) on held-out photos {', '.join(args.photos.split(',') if args.photos else HELD_OUT_PHOTOS)}, seed {args.seed}")
+    print(f"PSNR (dB) on held-out photos {', '.join(names)}, seed {args.seed}")
     print(_table(["noise_sd", "noisy"] + [name for name, _ in denoisers], rows))
     return 0
 
@@ -223,12 +221,11 @@ def _certify_all(images, denoiser, classifier_spec, args, sigma, n0, n) -> tuple
 def _cmd_eval_fashion_mnist(args: argparse.Namespace, denoisers: List[tuple]) -> int:
     import torch
 
-    from ..cli import _table
-
-    from .training import add_noise
     from ..analysis import average_certified_radius, certified_accuracy
+    from ..cli import _table
     from ..datasets import FASHION_MNIST_CLASSES
     from .data import fashion_mnist_tensors
+    from .training import add_noise
 
     classifier = load_surrogate(args.classifier)
     test, labels = fashion_mnist_tensors("test")
@@ -236,7 +233,7 @@ def _cmd_eval_fashion_mnist(args: argparse.Namespace, denoisers: List[tuple]) ->
     # Every (10000 // count)-th test image: a fixed, class-balanced-enough subset.
     index = torch.arange(0, len(test), max(1, len(test) // count))[:count]
     images, truth = test[index], labels[index]
-    clean_pred = torch.cat([classifier(images[s : s + 512]).argmax(1) for s in range(0, count, 512)])
+    clean_pred = _apply_in_chunks(classifier, images).argmax(1)
     names = np.array(FASHION_MNIST_CLASSES)
     truth_names, clean_names = list(names[truth.numpy()]), list(names[clean_pred.numpy()])
     print(f"Fashion-MNIST test images: {count} (every {max(1, len(test) // count)}th), classifier {args.classifier}, "
@@ -246,9 +243,9 @@ def _cmd_eval_fashion_mnist(args: argparse.Namespace, denoisers: List[tuple]) ->
         generator = torch.Generator().manual_seed(args.seed)
         noisy = add_noise(images, sigma, generator)
         for name, module in denoisers:
-            if module is not None and getattr(module, "noise_sd", None) not in (None, sigma):
+            if _trained_for_another_sigma(module, sigma):
                 continue
-            denoised = noisy if module is None else _denoise_all(module.eval(), noisy)
+            denoised = noisy if module is None else _apply_in_chunks(module.eval(), noisy).clamp(0, 1)
             rows.append([sigma, name, f"{_psnr_of(denoised, images):.2f}", f"{_accuracy(classifier, denoised, truth):.4f}"])
     print("\nPSNR and accuracy on one noisy copy per image")
     print(_table(["noise_sd", "denoiser", "PSNR dB", "accuracy"], rows))
@@ -257,7 +254,7 @@ def _cmd_eval_fashion_mnist(args: argparse.Namespace, denoisers: List[tuple]) ->
     for sigma in args.noise_sd:
         for n0, n in args.budget or [(20, 100)]:
             for name, module in denoisers:
-                if module is not None and getattr(module, "noise_sd", None) not in (None, sigma):
+                if _trained_for_another_sigma(module, sigma):
                     continue
                 began = time.perf_counter()
                 cert_labels, radii = _certify_all(images, module, args.classifier, args, sigma, n0, n)

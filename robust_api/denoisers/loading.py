@@ -204,8 +204,11 @@ def load_denoiser(name_or_path: Union[str, os.PathLike], device: Any = None, *,
         DenoiserError: unknown name, unreadable file, wrong architecture, keys or shapes.
     """
     from ..torch_utils import resolve_device
+    from ..validation import check_noise_sd
 
     target = resolve_device(device)
+    if noise_sd is not None:
+        noise_sd = check_noise_sd(noise_sd, allow_zero=False)
     text = os.fspath(name_or_path)
     if text == "nl-means":
         from .classical import NonLocalMeans
@@ -232,5 +235,5 @@ def load_denoiser(name_or_path: Union[str, os.PathLike], device: Any = None, *,
                 f"denoiser {text!r} was trained for noise_sd={module.noise_sd}, not {noise_sd}; "
                 "pick the one trained for your σ (robust_api.denoisers.available())"
             )
-        module.noise_sd = float(noise_sd)
+        module.noise_sd = noise_sd
     return module.to(target).eval()

@@ -32,7 +32,7 @@ from ..errors import DenoiserError, InvalidParameterError
 from ..validation import check_noise_sd
 from .base import DenoiserModule
 
-__all__ = ["EpochStats", "train_denoiser", "add_noise", "psnr", "OBJECTIVES"]
+__all__ = ["EpochStats", "train_denoiser", "add_noise", "psnr", "psnr_per_image", "OBJECTIVES"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,12 @@ def add_noise(images: torch.Tensor, noise_sd: float, generator: Optional[torch.G
     return (images + noise_sd * noise).clamp_(0.0, 1.0)
 
 
+def psnr_per_image(estimate: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB (peak 1.0) of each image of ``estimate`` against ``clean``, both [N, C, H, W]; shape [N]."""
+    mse = (estimate - clean).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return -10.0 * torch.log10(mse)
+
+
 @torch.no_grad()
 def psnr(denoiser: nn.Module, images: torch.Tensor, noise_sd: float, *, seed: int = 0,
          batch_size: int = 256) -> float:
@@ -75,8 +81,7 @@ def psnr(denoiser: nn.Module, images: torch.Tensor, noise_sd: float, *, seed: in
     for start in range(0, images.shape[0], batch_size):
         clean = images[start : start + batch_size]
         out = denoiser(add_noise(clean, noise_sd, generator)).clamp(0.0, 1.0)
-        mse = (out - clean).pow(2).flatten(1).mean(1).clamp_min(1e-12)
-        values.append(-10.0 * torch.log10(mse))
+        values.append(psnr_per_image(out, clean))
     denoiser.train(was_training)
     return float(torch.cat(values).mean())
 
