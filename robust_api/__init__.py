@@ -12,6 +12,7 @@ from .errors import *  # noqa: F403 - the exception tree, listed in errors.__all
 from .errors import __all__ as _error_names
 from .providers import CallableProvider, Provider, known_providers, register_provider
 from .query_logs import CallLog, QueryLog, QueryRecord, export_jsonl, export_parquet, open_log
+from .planning import BudgetPlan, plan
 from .results import ABSTAIN, Certificate, Prediction
 
 __version__ = "0.1.0"
@@ -34,6 +35,8 @@ __all__ = [
     "ABSTAIN",
     "Prediction",
     "Certificate",
+    "plan",
+    "BudgetPlan",
     "open_log",
     "export_jsonl",
     "export_parquet",

@@ -8,6 +8,7 @@ Offline path: the same statistics on a recorded :class:`~robust_api.query_logs.C
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import time
@@ -28,7 +29,7 @@ from .errors import (
 )
 from .images import as_image, image_digest
 from .noise import NoiseSampler
-from .offline import certify_from_log, predict_from_log
+from .offline import DEFAULT_N, DEFAULT_N0, CertifySettings, certify_from_log, guess_from_records, predict_from_log
 from .providers.base import Provider, create_provider
 from .providers.callable import CallableProvider
 from .query_logs.records import CallHeader, CallLog, QueryRecord, dumps_raw
@@ -40,10 +41,6 @@ __all__ = ["RobustAPI", "DEFAULT_N0", "DEFAULT_N", "DEFAULT_ALPHA"]
 
 logger = logging.getLogger(__name__)
 
-#: Defaults of the predecessor's cloud experiment: N₀ = 20 selection and N = 100 estimation
-#: samples at α = 0.001 (120 paid queries per image).
-DEFAULT_N0 = 20
-DEFAULT_N = 100
 DEFAULT_ALPHA = 0.001
 
 
@@ -232,8 +229,10 @@ class RobustAPI:
         phase = "clean" if noise_sd == 0 else "predict"
         if noise_sd == 0 and N > 1:
             logger.warning("noise_sd=0 with N=%d sends %d identical clean queries", N, N)
-        logs, queries = self._query(image, "predict", noise_sd, seed, [(phase, N)], {"N": N, "alpha": alpha})
-        return predict_from_log(logs, N=N, alpha=alpha, queries=queries, offline=False)
+        call = self._open_call(image, "predict", noise_sd, seed, {"N": N, "alpha": alpha})
+        with call:
+            call.query(phase, 0, N)
+        return predict_from_log(call.logs(), N=N, alpha=alpha, queries=call.queries, offline=False)
 
     def certify(
         self,
@@ -244,36 +243,165 @@ class RobustAPI:
         alpha: float = DEFAULT_ALPHA,
         *,
         seed: Optional[int] = None,
+        method: Optional[str] = None,
+        selection: Optional[str] = None,
+        radius: Optional[float] = None,
+        tolerance: Optional[float] = None,
     ) -> Certificate:
-        """Certify the smoothed classifier's prediction (Cohen et al.'s CERTIFY), or re-certify logs.
+        """Certify the smoothed classifier's prediction, or re-certify a logged call.
 
         Args:
             image: an image (see :meth:`predict`) — or a :class:`CallLog` of a certify call
                 to re-certify offline.
             noise_sd: σ > 0 in [0, 1] pixel units (required online; offline it must equal
                 the logged σ if given).
-            N0: selection samples that choose the class (online default 20; offline default:
-                all logged, or the first N0).
-            N: estimation samples, fresh and disjoint from selection (online default 100;
-                offline default: all logged, or the first N).
+            N0: noisy selection samples that choose the class (default 20; ignored with
+                ``selection="clean"``). Offline: the first N0 logged (default all).
+            N: estimation samples, fresh and disjoint from selection (default 100). With
+                ``method="sequential"`` N is the most the call may spend; it usually stops
+                earlier. Offline: the first N logged (default all).
             alpha: α in (0, 1).
             seed: overrides the instance's seed for this call.
+            method: ``"cohen"`` (default online; offline: the logged method): Cohen et al.'s
+                CERTIFY with a one-sided Clopper–Pearson bound on N fresh samples.
+                ``"top2"``: also bounds the runner-up and every other label from above
+                (α split 1/2, 1/4, 1/4), for votes spread over many labels.
+                ``"sequential"``: queries in growing batches and stops as soon as the
+                answer is settled, with an anytime-valid confidence sequence
+                (:mod:`robust_api.sequential`).
+            selection: ``"noise"`` (N0 noisy samples; the default for cohen and top2) or
+                ``"clean"`` (one query on the clean image; the default for sequential).
+            radius: sequential only: the target radius. The call stops once it is
+                certified, or once it is out of reach within N. A target that N cannot
+                reach even with unanimous votes is refused before any query.
+            tolerance: sequential without a target: stop when more queries within N cannot
+                raise the radius by more than this (default 0.1·σ).
 
         Returns:
             A :class:`Certificate`; unpacks as ``label, radius, logs`` (online) or
             ``label, radius`` (offline). Guarantee: with probability ≥ 1 − α, if the label
-            is not ABSTAIN the smoothed classifier returns it everywhere within L2 ``radius``.
-            Paid queries: N0 + N, minus answers reused from the log.
+            is not ABSTAIN the smoothed classifier returns it everywhere within L2 ``radius``
+            — for every method, including the sequential one whatever its stopping time.
+            Paid queries: selection + estimation samples, minus answers reused from the log.
+
+        Raises:
+            InvalidParameterError: bad parameters, or a target the budget cannot reach
+                (before any query is sent).
         """
         if isinstance(image, CallLog) or self._offline_input(image):
-            return certify_from_log(image, noise_sd=noise_sd, N0=N0, N=N, alpha=alpha)
-        noise_sd = check_noise_sd(noise_sd, allow_zero=False)
-        N0 = check_sample_count(DEFAULT_N0 if N0 is None else N0, "N0")
-        N = check_sample_count(DEFAULT_N if N is None else N, "N")
-        alpha = check_alpha(alpha)
-        plan = [("selection", N0), ("estimation", N)]
-        logs, queries = self._query(image, "certify", noise_sd, seed, plan, {"N0": N0, "N": N, "alpha": alpha})
-        return certify_from_log(logs, N0=N0, N=N, alpha=alpha, queries=queries, offline=False)
+            return certify_from_log(
+                image, noise_sd=noise_sd, N0=N0, N=N, alpha=alpha, method=method, radius=radius, tolerance=tolerance
+            )
+        settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
+        call = self._open_call(image, "certify", settings.noise_sd, seed, settings.params())
+        with call:
+            guess = self._select(call, settings)
+            if settings.method == "sequential":
+                if guess is not None:
+                    self._estimate_sequentially(call, guess, settings.rule())
+            else:
+                call.query("estimation", 0, settings.N)
+        return certify_from_log(call.logs(), alpha=settings.alpha, queries=call.queries, offline=False)
+
+    def certify_batch(
+        self,
+        images: Sequence[Any],
+        noise_sd: float,
+        total_queries: int,
+        N: Optional[int] = None,
+        alpha: float = DEFAULT_ALPHA,
+        *,
+        seed: Optional[int] = None,
+        selection: str = "clean",
+        N0: Optional[int] = None,
+        radius: Optional[float] = None,
+        tolerance: Optional[float] = None,
+    ) -> list[Certificate]:
+        """Certify many images sequentially under one shared budget (input-specific sample sizes).
+
+        Each image is certified with ``method="sequential"``; the budget goes, one look at a
+        time, to the image whose radius is expected to grow most per query (with a target:
+        up to the target), so clear images stop early and borderline ones get more queries
+        (in the spirit of Chen et al.'s input-specific sampling, AAAI 2022).
+
+        Args:
+            images: a sequence of images (see :meth:`predict`), all checked before any query.
+            noise_sd: σ > 0. alpha: α in (0, 1), per image.
+            total_queries: the most queries (selection included) spent on all images together.
+            N: the most estimation queries for one image (default: twice the fair share,
+                ⌈2·total_queries / len(images)⌉).
+            seed, selection, N0, radius, tolerance: as in :meth:`certify` with
+                ``method="sequential"``.
+
+        Returns:
+            One :class:`Certificate` per image, in order. Guarantee: each holds with
+            probability ≥ 1 − α on its own (the confidence sequence is valid whatever the
+            allocation); images stopped by the shared budget report stop_reason "ended".
+
+        Raises:
+            InvalidParameterError: bad parameters, or a total budget too small for every
+                image's selection and first look (before any query is sent).
+        """
+        if not self.online:
+            raise OfflineModeError("certify_batch sends queries; re-certify logged calls one by one with certify(logs)")
+        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(images, Sequence) or not images:
+            raise InvalidParameterError("images must be a non-empty list of images")
+        total_queries = check_sample_count(total_queries, "total_queries")
+        cap = max(1, math.ceil(2 * total_queries / len(images))) if N is None else N
+        settings = CertifySettings.online(noise_sd, N0, cap, alpha, "sequential", selection, radius, tolerance)
+        rule = settings.rule()
+        first_look = rule.looks()[0]
+        per_image = settings.selection_queries + first_look
+        if per_image * len(images) > total_queries:
+            raise InvalidParameterError(
+                f"total_queries={total_queries} cannot give each of the {len(images)} images its selection "
+                f"({settings.selection_queries}) and first look ({first_look} samples); "
+                f"pass total_queries >= {per_image * len(images)}"
+            )
+        params = {**settings.params(), "total_queries": total_queries}
+        canonical = [self._check_image(image, settings.noise_sd) for image in images]
+        calls = [self._open_call(image, "certify", settings.noise_sd, seed, params, checked=True) for image in canonical]
+        spent = 0
+        try:
+            active = []
+            for call in calls:  # every image gets its selection and first look
+                guess = self._select(call, settings)
+                spent += settings.selection_queries
+                if guess is not None:
+                    run = _SequentialRun(call, guess, rule)
+                    spent += run.next_look()
+                    if run.advance(self) is None:
+                        active.append(run)
+            while active:  # then the budget goes where it buys the most radius per query
+                active.sort(key=lambda run: -run.gain_per_query())
+                run = active[0]
+                step = run.next_look() - run.n
+                if spent + step > total_queries:
+                    active.pop(0)  # this image's next look does not fit: it ends here
+                    continue
+                spent += step
+                if run.advance(self) is not None:
+                    active.pop(0)
+        except BaseException:
+            for call in calls:
+                call.close("failed")
+            raise
+        for call in calls:
+            call.close("complete")
+        return [certify_from_log(call.logs(), alpha=settings.alpha, queries=call.queries, offline=False) for call in calls]
+
+    def _select(self, call: "_Call", settings: "CertifySettings") -> Optional[str]:
+        """Run the selection step; return the guessed class ĉ (None: nothing to certify)."""
+        if settings.selection == "clean":
+            records = call.query("clean", 0, 1)
+        else:
+            records = call.query("selection", 0, settings.N0)
+        return guess_from_records(records)
+
+    def _estimate_sequentially(self, call: "_Call", guess: str, rule) -> None:
+        run = _SequentialRun(call, guess, rule)
+        while run.advance(self) is None:
+            pass
 
     def _offline_input(self, image: Any) -> bool:
         """True when an offline RobustAPI got something log-like (checked by the offline path);
@@ -288,10 +416,14 @@ class RobustAPI:
         )
 
     # -- the online path -----------------------------------------------------------------
-    def _query(self, image, kind, noise_sd, seed, plan, params) -> tuple[CallLog, int]:
+    def _check_image(self, image: Any, noise_sd: float) -> np.ndarray:
         canonical = as_image(image)
         self.provider.check_image(canonical)
         self._check_denoiser_fits(canonical, noise_sd)
+        return canonical
+
+    def _open_call(self, image, kind, noise_sd, seed, params, checked: bool = False) -> "_Call":
+        canonical = image if checked else self._check_image(image, noise_sd)
         seed = check_seed(seed) if seed is not None else self.seed
         if seed is None:
             seed = secrets.randbits(63)
@@ -310,15 +442,7 @@ class RobustAPI:
             created=time.time(),
         )
         self.log.begin_call(header)
-        queries = 0
-        try:
-            for phase, count in plan:
-                queries += self._run_phase(header, canonical, phase, count)
-        except BaseException:
-            self.log.finish_call(header.run_id, "failed")
-            raise
-        self.log.finish_call(header.run_id, "complete")
-        return self.log.load_call(header.run_id), queries
+        return _Call(self, header, canonical)
 
     def _check_denoiser_fits(self, image: np.ndarray, noise_sd: float) -> None:
         channels = getattr(self.denoiser, "image_channels", None)
@@ -335,30 +459,31 @@ class RobustAPI:
                 self.denoiser.identity, trained_for, noise_sd,
             )
 
-    def _run_phase(self, header: CallHeader, image: np.ndarray, phase: str, count: int) -> int:
-        reusable = self.log.find_reusable(header, phase, count)
+    def _run_phase(self, header: CallHeader, image: np.ndarray, phase: str, start: int, stop: int) -> list[QueryRecord]:
+        """Query samples [start, stop) of a phase; return their records in index order."""
+        reusable = {i: r for i, r in self.log.find_reusable(header, phase, stop).items() if i >= start}
+        records: dict[int, QueryRecord] = {}
         if reusable:
-            self.log.append(
-                header.run_id, [replace(reusable[i], reused=True, cost_usd=0.0) for i in sorted(reusable)]
-            )
+            copies = [replace(reusable[i], reused=True, cost_usd=0.0) for i in sorted(reusable)]
+            self.log.append(header.run_id, copies)
+            records.update((r.sample_index, r) for r in copies)
             logger.info("%s: reused %d logged %s answers", header.run_id, len(reusable), phase)
-        missing = [i for i in range(count) if i not in reusable]
-        if not missing:
-            return 0
-        sampler = NoiseSampler(image, header.image_digest, header.seed, phase, header.noise_sd)
-        batch = min(self.batch_size or self.provider.max_batch_size, self.provider.max_batch_size)
-        # Noise is generated and denoised a block at a time (bounded host memory), and each block
-        # is cut into provider-sized requests: a one-image-per-request API still gets a batched
-        # denoiser.
-        block = max(batch, _denoise_block_size(image.shape)) if self.denoiser is not None else batch
-        sent = 0
-        for start, stop in _contiguous_runs(missing, block):
-            images = sampler.noisy(start, stop)
-            if self.denoiser is not None:
-                images = self._denoise(images)
-            for offset in range(0, stop - start, batch):
-                sent += self._send_batch(header, phase, start + offset, images[offset : offset + batch])
-        return sent
+        missing = [i for i in range(start, stop) if i not in reusable]
+        if missing:
+            sampler = NoiseSampler(image, header.image_digest, header.seed, phase, header.noise_sd)
+            batch = min(self.batch_size or self.provider.max_batch_size, self.provider.max_batch_size)
+            # Noise is generated and denoised a block at a time (bounded host memory), and each block
+            # is cut into provider-sized requests: a one-image-per-request API still gets a batched
+            # denoiser.
+            block = max(batch, _denoise_block_size(image.shape)) if self.denoiser is not None else batch
+            for first, last in _contiguous_runs(missing, block):
+                images = sampler.noisy(first, last)
+                if self.denoiser is not None:
+                    images = self._denoise(images)
+                for offset in range(0, last - first, batch):
+                    sent = self._send_batch(header, phase, first + offset, images[offset : offset + batch])
+                    records.update((r.sample_index, r) for r in sent)
+        return [records[i] for i in range(start, stop)]
 
     def _denoise(self, images: np.ndarray) -> np.ndarray:
         try:
@@ -368,7 +493,7 @@ class RobustAPI:
         except Exception as exc:
             raise DenoiserError(f"the denoiser failed: {type(exc).__name__}: {exc}") from exc
 
-    def _send_batch(self, header: CallHeader, phase: str, start: int, images: np.ndarray) -> int:
+    def _send_batch(self, header: CallHeader, phase: str, start: int, images: np.ndarray) -> list[QueryRecord]:
         provider = self.provider
         began = time.perf_counter()
         answers: Optional[Sequence[Any]] = None
@@ -391,7 +516,7 @@ class RobustAPI:
         except ProviderResponseError as exc:  # the store refused a raw response (not plain data): the batch failed
             self._record_failure(header, phase, start, images, answers, latency, exc)
             raise
-        return len(records)
+        return records
 
     def _record_failure(self, header, phase, start, images, answers, latency, exc) -> None:
         """Log the failed batch as error records (never as votes), so the log shows what happened."""
@@ -412,3 +537,74 @@ class RobustAPI:
             self.log.append(header.run_id, records)
         except Exception:  # the original error matters more than a failed write of its trace
             logger.exception("could not record the failed batch of call %s", header.run_id)
+
+
+class _Call:
+    """One open call in the log: queries ranges of samples and counts what was paid for.
+
+    Used as a context manager: the call is marked "complete" on success and "failed" when an
+    exception escapes (the partial work stays in the log).
+    """
+
+    def __init__(self, api: RobustAPI, header: CallHeader, image: np.ndarray):
+        self.api = api
+        self.header = header
+        self.image = image
+        self.queries = 0
+        self._closed = False
+
+    def query(self, phase: str, start: int, stop: int) -> list[QueryRecord]:
+        records = self.api._run_phase(self.header, self.image, phase, start, stop)
+        self.queries += sum(not r.reused for r in records)
+        return records
+
+    def close(self, status: str) -> None:
+        if not self._closed:
+            self._closed = True
+            self.api.log.finish_call(self.header.run_id, status)
+
+    def logs(self) -> CallLog:
+        return self.api.log.load_call(self.header.run_id)
+
+    def __enter__(self) -> "_Call":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("failed" if exc_type is not None else "complete")
+
+
+class _SequentialRun:
+    """The online state of one sequential certification: where it is and where it looks next."""
+
+    def __init__(self, call: _Call, guess: str, rule):
+        self.call = call
+        self.guess = guess
+        self.rule = rule
+        self.looks = rule.looks()
+        self.position = 0
+        self.n = 0
+        self.successes = 0
+        self.p_lower = 0.0
+
+    def next_look(self) -> int:
+        return self.looks[self.position]
+
+    def advance(self, api: RobustAPI) -> Optional[str]:
+        """Query up to the next look and apply the rule; return the stop reason or None."""
+        look = self.next_look()
+        records = self.call.query("estimation", self.n, look)
+        self.successes += sum(r.error is None and r.label == self.guess for r in records)
+        self.n = look
+        self.position += 1
+        self.p_lower, reason = self.rule.step(self.successes, self.n, self.p_lower)
+        return reason
+
+    def gain_per_query(self) -> float:
+        """Expected radius gain per query of the next look at the current vote rate (capped at
+        the target): the allocation heuristic of certify_batch (it never affects validity)."""
+        look = self.next_look()
+        rate = (self.successes + 0.5) / (self.n + 1.0)
+        projected = self.rule.radius_at(self.successes + round(rate * (look - self.n)), look)
+        current = self.rule.radius_at(self.successes, self.n) if self.n else 0.0
+        cap = self.rule.radius if self.rule.radius is not None else math.inf
+        return (min(projected, cap) - min(current, cap)) / (look - self.n)

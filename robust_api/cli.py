@@ -3,6 +3,8 @@
 Examples::
 
     robust-api certify examples/images/*.png --provider local --noise-sd 0.25 --N0 20 --N 100 --alpha 0.001
+    robust-api certify img.png --noise-sd 0.25 --method sequential --radius 0.25 --N 1000
+    robust-api plan --noise-sd 0.25 --radius 0.5
     robust-api recertify query_logs/queries.sqlite3 --alpha 0.01
     robust-api export query_logs/queries.sqlite3 queries.jsonl
 """
@@ -10,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -21,6 +24,8 @@ from typing import Any, Optional
 
 from .api import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, RobustAPI
 from .errors import QueryLogError, RobustAPIError
+from .offline import METHODS, SELECTIONS
+from .planning import plan
 from .query_logs import export_jsonl, export_parquet, open_log
 from .results import ABSTAIN
 
@@ -40,10 +45,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _certificate_row(name: str, cert) -> list[Any]:
-    return [name, _label_text(cert.label), f"{cert.radius:.4f}", f"{cert.p_lower:.4f}", cert.n0, cert.n, cert.queries]
+    return [name, _label_text(cert.label), f"{cert.radius:.4f}", f"{cert.p_lower:.4f}", cert.n0, cert.n,
+            cert.stop_reason or "-", cert.queries]
 
 
-_CERT_HEADERS = ["image", "label", "radius", "p_lower", "N0", "N", "queries"]
+_CERT_HEADERS = ["image", "label", "radius", "p_lower", "N0", "N", "stop", "queries"]
 _CLEAN_HEADERS = ["clean label", "agrees"]
 
 
@@ -59,6 +65,12 @@ def _certificate_json(name: str, cert) -> dict[str, Any]:
         "alpha": cert.alpha,
         "N0": cert.n0,
         "N": cert.n,
+        "method": cert.method,
+        "selection": cert.selection,
+        "stop_reason": cert.stop_reason,
+        "target_radius": cert.target_radius,
+        "budget": cert.budget,
+        "ceiling": cert.ceiling,
         "errors": cert.errors,
         "queries": cert.queries,
         "run_id": cert.logs.header.run_id,
@@ -85,7 +97,10 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     for path in args.images:
         name = os.path.basename(path)
         # certify first: it validates every parameter before the first (paid) query
-        cert = api.certify(path, noise_sd=args.noise_sd, N0=args.N0, N=args.N, alpha=args.alpha)
+        cert = api.certify(
+            path, noise_sd=args.noise_sd, N0=args.N0, N=args.N, alpha=args.alpha, method=args.method,
+            selection=args.selection, radius=args.radius, tolerance=args.tolerance,
+        )
         clean = None if args.no_clean else api.predict(path, N=1, noise_sd=0)
         row, item = _certificate_row(name, cert), _certificate_json(name, cert)
         if clean is not None:
@@ -150,6 +165,38 @@ def _cmd_recertify(args: argparse.Namespace) -> int:
         skipped = sum(1 for item in items if "skipped" in item)
         print(f"\n{len(items) - skipped} certify calls re-certified offline, {skipped} skipped (no queries sent)")
     return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    result = plan(
+        args.noise_sd, radius=args.radius, alpha=args.alpha, provider=args.provider, N=args.N, N0=args.N0,
+        method=args.method, vote_rate=args.vote_rate,
+    )
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+        return 0
+    providers = sorted({name for item in result.methods for name in item.cost_per_image_usd})
+    headers = ["method", "selection", "selection queries", "estimation queries", "total"]
+    headers += [f"max radius (N={result.N})"] if result.N else []
+    headers += [f"$/image {name}" for name in providers]
+    rows = []
+    for item in result.methods:
+        row = [item.method, item.selection, item.selection_queries, _or_dash(item.estimation_queries), _or_dash(item.total_queries)]
+        row += [f"{item.ceiling:.4f}"] if result.N else []
+        row += [f"{item.cost_per_image_usd[name]:.4f}" if name in item.cost_per_image_usd else "-" for name in providers]
+        rows.append(row)
+    print(_table(headers, rows))
+    what = f"radius {result.radius:g}" if result.radius is not None else "no target radius"
+    print(
+        f"\n{what} at noise_sd={result.noise_sd:g}, alpha={result.alpha:g}, vote rate {result.vote_rate:g} "
+        "(1 = every vote for the class: the least any image can need). Costs use list prices "
+        "(robust_api.pricing); a sequential run stops early, so its count is what an image at this vote rate needs."
+    )
+    return 0
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -225,8 +272,23 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     certify = commands.add_parser("certify", help="certify images online (Cohen et al. CERTIFY)")
     _add_online_options(certify)
     certify.add_argument("--noise-sd", type=float, required=True, help="noise std in [0, 1] pixel units, > 0")
-    certify.add_argument("--N0", type=_positive_int, default=DEFAULT_N0, help=f"selection samples (default {DEFAULT_N0})")
-    certify.add_argument("--N", type=_positive_int, default=DEFAULT_N, help=f"estimation samples (default {DEFAULT_N})")
+    certify.add_argument(
+        "--N0", type=_positive_int, default=None, help=f"noisy selection samples (default {DEFAULT_N0}; not with clean selection)"
+    )
+    certify.add_argument(
+        "--N", type=_positive_int, default=DEFAULT_N,
+        help=f"estimation samples; with --method sequential the most it may spend (default {DEFAULT_N})",
+    )
+    certify.add_argument("--method", choices=METHODS, default="cohen", help="certification method (default cohen)")
+    certify.add_argument(
+        "--selection", choices=SELECTIONS, default=None,
+        help="how the class is chosen: noise (N0 noisy queries) or clean (one clean query); default noise for "
+        "cohen/top2, clean for sequential",
+    )
+    certify.add_argument("--radius", type=float, default=None, help="sequential: target radius (stop once certified)")
+    certify.add_argument(
+        "--tolerance", type=float, default=None, help="sequential without --radius: stop when the radius cannot grow by more"
+    )
     certify.add_argument(
         "--no-clean", action="store_true", help="skip the one clean query per image that the 'clean label' column costs"
     )
@@ -252,6 +314,20 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     export.add_argument("log_path", help="query log to read")
     export.add_argument("out", help="output file: .jsonl, or .parquet")
     export.set_defaults(handler=_cmd_export)
+
+    planner = commands.add_parser("plan", help="queries and dollars needed to certify a radius (no queries sent)")
+    planner.add_argument("--noise-sd", type=float, required=True, help="noise std in [0, 1] pixel units, > 0")
+    planner.add_argument("--radius", type=float, default=None, help="radius to certify")
+    planner.add_argument("--alpha", type=_probability, default=DEFAULT_ALPHA, help="failure probability (default 0.001)")
+    planner.add_argument("--N", type=_positive_int, default=None, help="an estimation budget: show the largest radius it can certify")
+    planner.add_argument("--N0", type=_positive_int, default=DEFAULT_N0, help=f"noisy selection samples (default {DEFAULT_N0})")
+    planner.add_argument("--method", choices=METHODS, default=None, help="one method (default: all)")
+    planner.add_argument("--provider", default=None, help="one provider's price (default: all priced providers)")
+    planner.add_argument(
+        "--vote-rate", type=float, default=1.0, help="fraction of votes for the class, in (0.5, 1] (default 1: the minimum)"
+    )
+    planner.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    planner.set_defaults(handler=_cmd_plan)
 
     denoisers = commands.add_parser("denoisers", help="list the shipped denoisers")
     denoisers.set_defaults(handler=_cmd_denoisers)

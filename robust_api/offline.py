@@ -6,15 +6,29 @@ two cannot disagree.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from .errors import InvalidInputError, LogMismatchError
+from .errors import InvalidInputError, InvalidParameterError, LogMismatchError
 from .query_logs.records import CallLog, QueryRecord
 from .results import ABSTAIN, Certificate, Prediction
-from .statistics import certify_from_counts, predict_from_counts, top_label
+from .sequential import DEFAULT_FUTILITY_ALPHA, DEFAULT_GROWTH, DEFAULT_PRIOR, SequentialRule
+from .statistics import (
+    TOP2_ALPHA_SPLIT,
+    certify_from_counts,
+    certify_top2_from_counts,
+    max_certifiable_radius,
+    predict_from_counts,
+    top_label,
+)
 from .validation import check_alpha, check_noise_sd, check_sample_count
 
-__all__ = ["predict_from_log", "certify_from_log", "as_call_log"]
+__all__ = ["predict_from_log", "certify_from_log", "as_call_log", "CertifySettings", "guess_from_records", "METHODS"]
+
+#: Defaults of the predecessor's cloud experiment: N₀ = 20 selection and N = 100 estimation
+#: samples at α = 0.001 (120 paid queries per image).
+DEFAULT_N0 = 20
+DEFAULT_N = 100
 
 
 def as_call_log(logs: Any) -> CallLog:
@@ -120,6 +134,86 @@ def predict_from_log(
     )
 
 
+METHODS = ("cohen", "top2", "sequential")
+SELECTIONS = ("noise", "clean")
+
+
+def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise InvalidParameterError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class CertifySettings:
+    """The validated parameters of one certify call (what the log's header records).
+
+    Attributes:
+        method: "cohen", "top2" or "sequential". selection: "noise" or "clean".
+        noise_sd, alpha: σ and α. N0: noisy selection samples (None with clean selection).
+        N: estimation samples (sequential: the most it may use).
+        radius, tolerance: the sequential rule's target and tolerance (None otherwise).
+    """
+
+    method: str
+    selection: str
+    noise_sd: float
+    alpha: float
+    N0: Optional[int]
+    N: int
+    radius: Optional[float] = None
+    tolerance: Optional[float] = None
+
+    @classmethod
+    def online(cls, noise_sd, N0, N, alpha, method, selection, radius, tolerance) -> "CertifySettings":
+        """Validate a certify request before any query; raises InvalidParameterError."""
+        noise_sd = check_noise_sd(noise_sd, allow_zero=False)
+        method = _check_choice("cohen" if method is None else method, "method", METHODS)
+        default_selection = "clean" if method == "sequential" else "noise"
+        selection = _check_choice(default_selection if selection is None else selection, "selection", SELECTIONS)
+        if selection == "clean":
+            if N0 is not None:
+                raise InvalidParameterError("N0 is the number of noisy selection samples; omit it with selection='clean'")
+        else:
+            N0 = check_sample_count(DEFAULT_N0 if N0 is None else N0, "N0")
+        N = check_sample_count(DEFAULT_N if N is None else N, "N")
+        if method != "sequential" and (radius is not None or tolerance is not None):
+            raise InvalidParameterError("radius= and tolerance= belong to method='sequential'")
+        settings = cls(method, selection, noise_sd, check_alpha(alpha), N0, N, radius, tolerance)
+        if method == "sequential":
+            settings.rule().check_feasible()
+        return settings
+
+    @property
+    def selection_queries(self) -> int:
+        return 1 if self.selection == "clean" else int(self.N0)
+
+    def rule(self) -> SequentialRule:
+        return SequentialRule(self.noise_sd, self.alpha, self.N, radius=self.radius, tolerance=self.tolerance)
+
+    def params(self) -> dict:
+        params = {"method": self.method, "selection": self.selection, "N0": self.N0, "N": self.N, "alpha": self.alpha}
+        if self.method == "sequential":
+            rule = self.rule()
+            params.update(radius=rule.radius, tolerance=rule.tolerance, growth=rule.growth,
+                          futility_alpha=rule.futility_alpha, prior=list(rule.prior))
+        return params
+
+
+def guess_from_records(records: list[QueryRecord]) -> Optional[str]:
+    """ĉ from selection records: the top label (deterministic tie-break); None if none answered."""
+    counts, _ = _votes(records)
+    return top_label(counts)
+
+
+def _selection(logs: CallLog, N0: Optional[int]) -> tuple[str, list[QueryRecord]]:
+    if logs.phase_records("clean") and not logs.phase_records("selection"):
+        if N0 not in (None, 1):
+            raise LogMismatchError(f"call {logs.header.run_id} selected its class with one clean query; omit N0")
+        return "clean", _take(logs, "clean", None, "N0")[:1]
+    return "noise", _take(logs, "selection", N0, "N0")
+
+
 def certify_from_log(
     logs: Any,
     noise_sd: Optional[float] = None,
@@ -127,29 +221,36 @@ def certify_from_log(
     N: Optional[int] = None,
     alpha: float = 0.001,
     *,
+    method: Optional[str] = None,
+    radius: Optional[float] = None,
+    tolerance: Optional[float] = None,
     queries: int = 0,
     offline: bool = True,
 ) -> Certificate:
-    """Cohen et al.'s CERTIFY on a recorded certify call.
+    """CERTIFY on a recorded certify call, with the logged method or another valid one.
 
     Args:
         logs: a :class:`CallLog` of a certify call.
         noise_sd: must equal the logged σ if given (default: the logged one).
-        N0: use the first N0 selection samples (default: all logged).
-        N: use the first N estimation samples (default: all logged). Selection and
-            estimation samples are never re-split: they are distinct phases with
-            independent noise.
+        N0: use the first N0 selection samples (default: all logged; not with clean selection).
+        N: fixed methods: use the first N estimation samples (default all). Sequential: the
+            budget of the replayed rule (default: the logged one).
         alpha: α in (0, 1); may differ from the α used online.
+        method: None (the logged method), "cohen", "top2" or "sequential". A fixed-N log may
+            be replayed sequentially (in sample order); a sequential log can only be
+            re-certified sequentially, because its sample count was chosen by looking at
+            the votes (a fixed-N bound on it would be invalid).
+        radius, tolerance: override the logged sequential target/tolerance.
 
     Returns:
         A :class:`Certificate`. Guarantee: with probability ≥ 1 − α over the estimation
         noise, a non-ABSTAIN label is the smoothed classifier's answer at every point within
-        L2 ``radius``. Re-certifying the same log at several α and keeping the best is
-        multiple testing: fix α before looking.
+        L2 ``radius``. Re-certifying the same log at several α (or targets) and keeping the
+        best is multiple testing: fix them before looking.
 
     Raises:
-        LogMismatchError: other noise_sd than logged, more samples than logged, or a log of
-            a predict call.
+        LogMismatchError: other noise_sd than logged, more samples than logged, a log of a
+            predict call, or a fixed-N method on a sequential log.
     """
     logs = as_call_log(logs)
     alpha = check_alpha(alpha)
@@ -159,31 +260,66 @@ def certify_from_log(
             "use predict(logs), or certify the image online"
         )
     sigma = check_noise_sd(_check_noise_matches(logs, noise_sd), allow_zero=False)
-    selection = _take(logs, "selection", N0, "N0")
-    estimation = _take(logs, "estimation", N, "N")
-    if not selection or not estimation:
+    params = logs.header.params or {}
+    logged_method = params.get("method", "cohen")
+    method = _check_choice(logged_method if method is None else method, "method", METHODS)
+    if logged_method == "sequential" and method != "sequential":
         raise LogMismatchError(
-            f"call {logs.header.run_id} holds {len(selection)} selection and {len(estimation)} estimation samples; "
-            "certification needs at least one of each (the call was interrupted early?)"
+            f"call {logs.header.run_id} stopped sequentially: its sample count depends on its votes, so a fixed-N "
+            f"{method!r} bound on it would be invalid; re-certify it with method='sequential'"
         )
+    if method != "sequential" and (radius is not None or tolerance is not None):
+        raise InvalidParameterError("radius= and tolerance= belong to method='sequential'")
+    selection_kind, selection = _selection(logs, N0)
+    estimation_all = logs.phase_records("estimation")
+    if not selection:
+        raise LogMismatchError(f"call {logs.header.run_id} holds no selection sample (the call was interrupted early?)")
     selection_counts, _ = _votes(selection)
     guess = top_label(selection_counts)
+    common = dict(
+        selection_counts=selection_counts, guess=guess, noise_sd=sigma, alpha=alpha, n0=len(selection),
+        queries=queries, method=method, logs=logs, offline=offline, selection=selection_kind,
+    )
+    if method == "sequential":
+        budget = check_sample_count(N, "N") if N is not None else int(params.get("N") or len(estimation_all) or 1)
+        rule = SequentialRule(
+            sigma, alpha, budget,
+            radius=radius if radius is not None else params.get("radius"),
+            tolerance=tolerance if tolerance is not None else params.get("tolerance"),
+            growth=params.get("growth", DEFAULT_GROWTH),
+            futility_alpha=params.get("futility_alpha", DEFAULT_FUTILITY_ALPHA),
+            prior=tuple(params.get("prior", DEFAULT_PRIOR)),
+        )
+        if guess is None:
+            return Certificate(label=ABSTAIN, radius=0.0, p_lower=0.0, counts={}, n=0, errors=0, stop_reason="no_guess",
+                               target_radius=rule.radius, budget=budget, ceiling=rule.ceiling, **common)
+        outcome = rule.replay([r.error is None and r.label == guess for r in estimation_all[:budget]])
+        used = estimation_all[: outcome.n]
+        counts, errors = _votes(used)
+        return Certificate(
+            label=guess if outcome.certified else ABSTAIN, radius=outcome.radius, p_lower=outcome.p_lower,
+            counts=counts, n=outcome.n, errors=errors, stop_reason=outcome.stop_reason, target_radius=rule.radius,
+            budget=budget, ceiling=rule.ceiling, **common,
+        )
+    estimation = _take(logs, "estimation", N, "N")
+    if not estimation:
+        raise LogMismatchError(
+            f"call {logs.header.run_id} holds no estimation samples; certification needs at least one "
+            "(the call was interrupted early?)"
+        )
     counts, errors = _votes(estimation)
-    outcome = certify_from_counts(guess, counts, len(estimation), sigma, alpha)
+    n = len(estimation)
+    ceiling = max_certifiable_radius(n, sigma, alpha if method == "cohen" else alpha * TOP2_ALPHA_SPLIT[0])
+    if method == "top2":
+        ranked = [label for label, _ in sorted(selection_counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+        runner_up = ranked[1] if len(ranked) > 1 else None
+        top2 = certify_top2_from_counts(guess, runner_up, counts, n, sigma, alpha)
+        return Certificate(
+            label=ABSTAIN if top2.label is None else top2.label, radius=top2.radius, p_lower=top2.p_lower,
+            p_upper=top2.p_upper, counts=counts, n=n, errors=errors, budget=n, ceiling=ceiling, **common,
+        )
+    outcome = certify_from_counts(guess, counts, n, sigma, alpha)
     return Certificate(
-        label=ABSTAIN if outcome.label is None else outcome.label,
-        radius=outcome.radius,
-        p_lower=outcome.p_lower,
-        counts=counts,
-        selection_counts=selection_counts,
-        guess=guess,
-        noise_sd=sigma,
-        alpha=alpha,
-        n0=len(selection),
-        n=len(estimation),
-        errors=errors,
-        queries=queries,
-        method="cohen",
-        logs=logs,
-        offline=offline,
+        label=ABSTAIN if outcome.label is None else outcome.label, radius=outcome.radius, p_lower=outcome.p_lower,
+        counts=counts, n=n, errors=errors, budget=n, ceiling=ceiling, **common,
     )

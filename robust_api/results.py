@@ -117,10 +117,19 @@ class Certificate(_Unpackable):
         noise_sd, alpha: σ and α.
         n0, n: selection and estimation sample counts used (failed ones included).
         errors: failed estimation samples (counted as votes against ĉ).
-        queries: paid queries this call actually sent.
-        method: the certification method ("cohen").
+        queries: paid queries this call actually sent (0 offline; answers reused from the
+            log are free). ``samples`` is what the method used, paid or not.
+        method: "cohen", "top2" or "sequential".
         logs: the CallLog the certificate was computed from.
         offline: True when computed from logs passed in (unpacks as ``label, radius``).
+        selection: "noise" (n0 noisy samples chose ĉ) or "clean" (one clean query).
+        stop_reason: sequential only: why it stopped (see
+            :data:`robust_api.sequential.STOP_REASONS`); None for fixed-N methods.
+        target_radius: sequential only: the target radius, or None.
+        budget: the most estimation samples the method could use (N).
+        ceiling: the largest radius ``budget`` samples can certify with this method (all
+            votes for ĉ): no certificate from this call can exceed it.
+        p_upper: top2 only: the upper bound on every other class's probability.
     """
 
     label: Label
@@ -138,7 +147,18 @@ class Certificate(_Unpackable):
     method: str
     logs: CallLog = field(repr=False)
     offline: bool = False
+    selection: str = "noise"
+    stop_reason: Optional[str] = None
+    target_radius: Optional[float] = None
+    budget: Optional[int] = None
+    ceiling: Optional[float] = None
+    p_upper: Optional[float] = None
     _online_fields = ("label", "radius", "logs")
+
+    @property
+    def samples(self) -> int:
+        """Queries the method used for this certificate: selection plus estimation samples."""
+        return self.n0 + self.n
 
     @property
     def abstained(self) -> bool:

@@ -32,6 +32,10 @@ __all__ = [
     "predict_from_counts",
     "certify_from_counts",
     "max_certifiable_radius",
+    "clopper_pearson_upper",
+    "TOP2_ALPHA_SPLIT",
+    "Top2Outcome",
+    "certify_top2_from_counts",
 ]
 
 
@@ -211,3 +215,101 @@ def max_certifiable_radius(n_estimation: int, noise_sd: float, alpha: float) -> 
     """
     p_lower = clopper_pearson_lower(n_estimation, n_estimation, alpha)
     return radius_from_p_lower(p_lower, noise_sd) if p_lower > 0.5 else 0.0
+
+
+def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
+    """One-sided (1 − α) Clopper–Pearson upper confidence bound on a binomial proportion.
+
+    Args:
+        successes: k, 0 ≤ k ≤ trials. trials: n ≥ 1. alpha: α in (0, 1).
+
+    Returns:
+        p̄ in [0, 1] with P[p ≤ p̄] ≥ 1 − α: ``1 − clopper_pearson_lower(n − k, n, α)``
+        (1 when k = n).
+    """
+    k = _check_count(successes, "successes")
+    n = _check_count(trials, "trials")
+    if k > n:
+        raise InvalidParameterError(f"successes ({k}) cannot exceed trials ({n})")
+    return 1.0 - clopper_pearson_lower(n - k, n, alpha)
+
+
+#: How the top-2 bound splits α: p̲_A, p̄_B (the runner-up) and p̄ of everything else.
+TOP2_ALPHA_SPLIT = (0.5, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class Top2Outcome:
+    """Result of :func:`certify_top2_from_counts`.
+
+    Attributes:
+        label: the certified label ĉ_A, or None for an abstention.
+        p_lower: p̲_A, lower bound on P[f(x+δ) = ĉ_A] at level α·split[0].
+        p_upper: p̄, upper bound on the largest probability of any other outcome.
+        radius: σ/2·(Φ⁻¹(p̲_A) − Φ⁻¹(p̄)) when p̲_A > p̄, else 0.0.
+    """
+
+    label: Optional[Hashable]
+    p_lower: float
+    p_upper: float
+    radius: float
+
+
+def certify_top2_from_counts(
+    guess: Optional[Hashable],
+    runner_up: Optional[Hashable],
+    estimation_counts: Mapping[Hashable, int],
+    n_estimation: int,
+    noise_sd: float,
+    alpha: float,
+    alpha_split: tuple[float, float, float] = TOP2_ALPHA_SPLIT,
+) -> Top2Outcome:
+    """CERTIFY with a lower bound on p_A and an upper bound on every other class (top-2 bound).
+
+    Cohen et al.'s Theorem 1 in its general form: if p_A ≥ p̲_A and max_{c ≠ A} p_c ≤ p̄ then
+    g(x + e) = A for ‖e‖₂ < σ/2·(Φ⁻¹(p̲_A) − Φ⁻¹(p̄)). It helps when votes are split over many
+    labels (open-vocabulary APIs); with unanimous votes plain :func:`certify_from_counts` is
+    better. The vocabulary need not be known: any class other than A and B (failed queries
+    included) has probability at most p_rest = 1 − p_A − p_B, so
+    p̄ = min(max(p̄_B, p̄_rest), 1 − p̲_A) bounds them all.
+
+    Args:
+        guess, runner_up: ĉ_A and ĉ_B, chosen from data independent of the estimation samples
+            (the top two selection labels; runner_up may be None: then p̄ = p̄_rest).
+        estimation_counts: label → votes of the n estimation samples (failed ones excluded).
+        n_estimation: n ≥ 1, failed samples included.
+        noise_sd: σ > 0. alpha: α in (0, 1).
+        alpha_split: fractions of α for p̲_A, p̄_B and p̄_rest (positive, summing to 1).
+
+    Returns:
+        A :class:`Top2Outcome`. Guarantee: with probability ≥ 1 − α (Bonferroni over the three
+        one-sided Clopper–Pearson bounds) a returned label is g's answer within ``radius``.
+    """
+    n = _check_count(n_estimation, "n_estimation")
+    if n < 1:
+        raise InvalidParameterError("certification needs at least one estimation sample (N >= 1)")
+    noise_sd = check_noise_sd(noise_sd, allow_zero=False)
+    alpha = check_alpha(alpha)
+    if len(alpha_split) != 3 or any(not (f > 0) for f in alpha_split) or abs(sum(alpha_split) - 1.0) > 1e-9:
+        raise InvalidParameterError(f"alpha_split must be three positive fractions summing to 1, got {alpha_split!r}")
+    total = sum(int(c) for c in estimation_counts.values())
+    if total > n:
+        raise InvalidParameterError(f"estimation counts sum to {total}, more than n_estimation={n}")
+    if guess is None:
+        return Top2Outcome(label=None, p_lower=0.0, p_upper=1.0, radius=0.0)
+    if runner_up == guess:
+        raise InvalidParameterError("runner_up must differ from guess")
+    n_a = int(estimation_counts.get(guess, 0))
+    n_b = int(estimation_counts.get(runner_up, 0)) if runner_up is not None else 0
+    split_a, split_b, split_rest = alpha_split
+    if runner_up is None:
+        split_rest += split_b
+    p_lower = clopper_pearson_lower(n_a, n, alpha * split_a)
+    p_upper = clopper_pearson_upper(n - n_a - n_b, n, alpha * split_rest)
+    if runner_up is not None:
+        p_upper = max(p_upper, clopper_pearson_upper(n_b, n, alpha * split_b))
+    p_upper = min(p_upper, 1.0 - p_lower)
+    if p_lower <= p_upper or p_lower <= 0.0:
+        return Top2Outcome(label=None, p_lower=p_lower, p_upper=p_upper, radius=0.0)
+    radius = 0.5 * noise_sd * (float(_norm.ppf(p_lower)) - float(_norm.ppf(p_upper)))
+    return Top2Outcome(label=guess, p_lower=p_lower, p_upper=p_upper, radius=radius)

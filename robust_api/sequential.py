@@ -1,0 +1,399 @@
+"""Sequential (anytime-valid) certification: a confidence sequence and a stopping rule (pure).
+
+No I/O: votes in, decisions out. The online path and the offline replay of a log call the
+same :meth:`SequentialRule.replay` / :meth:`SequentialRule.step`, so they cannot disagree.
+
+The confidence sequence
+-----------------------
+Let X_i = 1 when the i-th estimation sample is a vote for the guessed class ĉ (a failed
+query or any other label is 0), and p_A = P[f(x + δ) = ĉ]. For every candidate p the
+one-sided beta-binomial mixture of likelihood ratios
+
+    M_n(p) = ∫_p^1 Π_i q^{X_i} (1 − q)^{1 − X_i} π(q) dq / (π([p, 1]) · Π_i p^{X_i} (1 − p)^{1 − X_i}),
+
+with π = Beta(a, b), is a non-negative supermartingale with M_0(p) = 1 whenever the X_i have
+conditional mean ≤ p (each component with q ≥ p is). Ville's inequality gives
+P[∃ n: M_n(p_A) ≥ 1/α] ≤ α, so L_n = inf{p : M_n(p) < 1/α} is a lower confidence bound that
+holds *simultaneously for every n* (Robbins 1970; Howard, Ramdas, McAuliffe & Sekhon 2021):
+the data may be looked at after every batch and the sampling stopped by any rule, and the
+running maximum of L_n at the stopping time is still a (1 − α) lower bound on p_A.
+Counting failed queries as 0 only lowers the conditional means, so the bound stays valid.
+
+The default prior Beta(1, 0.1) puts most of its mass near q = 1, where cloud APIs with a good
+denoiser live: with unanimous votes the sequence certifies a radius r after at most a few
+percent more samples than the fixed-n minimum ⌈ln α / ln Φ(r/σ)⌉ (41 vs 40 and 311 vs 301 at
+σ = 0.25, α = 0.001, r = 0.25 / 0.5), at the price of a slightly looser bound than a fixed-n
+Clopper–Pearson bound when votes are split.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from numbers import Real
+from typing import Optional, Sequence
+
+from scipy.optimize import brentq
+from scipy.special import betaln
+from scipy.stats import beta as _beta
+from scipy.stats import norm as _norm
+
+from .errors import InvalidParameterError
+from .validation import check_alpha, check_noise_sd, check_sample_count
+
+__all__ = [
+    "DEFAULT_PRIOR",
+    "DEFAULT_GROWTH",
+    "DEFAULT_FUTILITY_ALPHA",
+    "DEFAULT_TOLERANCE_FRACTION",
+    "STOP_REASONS",
+    "cs_lower_bound",
+    "cs_upper_bound",
+    "first_certifying_n",
+    "look_points",
+    "SequentialRule",
+    "SequentialOutcome",
+]
+
+#: Beta(a, b) mixing prior of the confidence sequence.
+DEFAULT_PRIOR = (1.0, 0.1)
+#: Each look is at least this factor later than the previous one (at most ~10% overshoot).
+DEFAULT_GROWTH = 1.1
+#: Level of the optimistic upper bound used only to decide to stop early (never for the certificate).
+DEFAULT_FUTILITY_ALPHA = 0.01
+#: Default tolerance of the untargeted rule, as a fraction of σ.
+DEFAULT_TOLERANCE_FRACTION = 0.1
+
+#: Why a sequential certification stopped.
+STOP_REASONS = {
+    "certified": "the target radius is certified at level alpha",
+    "futile": "even at an optimistic vote rate the target radius is out of reach within the budget",
+    "settled": "more queries within the budget cannot raise the radius by more than the tolerance",
+    "budget": "the per-image budget N is spent",
+    "ended": "the samples ran out before the rule stopped (a shared budget, an interrupted call, or an offline N)",
+    "no_guess": "the selection step produced no class to certify (abstain without estimation queries)",
+}
+
+_P_FLOOR = 1e-12
+
+
+def _check_prior(prior: Sequence[float]) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in prior)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"prior must be a pair (a, b) of positive numbers, got {prior!r}") from None
+    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+        raise InvalidParameterError(f"prior must be a pair (a, b) of positive numbers, got {prior!r}")
+    return a, b
+
+
+def _log_mixture(p: float, successes: int, failures: int, a: float, b: float) -> float:
+    """log M_n(p) for the one-sided Beta(a, b) mixture (see the module docstring)."""
+    log_numerator = betaln(a + successes, b + failures) + _beta.logsf(p, a + successes, b + failures)
+    log_normalizer = betaln(a, b) + _beta.logsf(p, a, b)
+    log_likelihood = successes * math.log(p) + (failures * math.log1p(-p) if failures else 0.0)
+    return float(log_numerator - log_normalizer - log_likelihood)
+
+
+@lru_cache(maxsize=1 << 16)
+def _lower(successes: int, trials: int, alpha: float, a: float, b: float) -> float:
+    if successes == 0:
+        return 0.0
+    failures = trials - successes
+    threshold = math.log(1.0 / alpha)
+    high = successes / trials if failures else 1.0 - _P_FLOOR
+    if _log_mixture(_P_FLOOR, successes, failures, a, b) < threshold:
+        return 0.0
+    if _log_mixture(high, successes, failures, a, b) >= threshold:
+        return high
+    # log M_n(p) decreases on (0, p̂] (checked in the tests), so the crossing is unique.
+    return float(
+        brentq(lambda p: _log_mixture(p, successes, failures, a, b) - threshold, _P_FLOOR, high, xtol=1e-13, rtol=1e-13)
+    )
+
+
+def _check_counts(successes: int, trials: int) -> tuple[int, int]:
+    successes = int(successes)
+    trials = int(trials)
+    if trials < 1 or not 0 <= successes <= trials:
+        raise InvalidParameterError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
+    return successes, trials
+
+
+def cs_lower_bound(successes: int, trials: int, alpha: float, prior: Sequence[float] = DEFAULT_PRIOR) -> float:
+    """Anytime-valid (1 − α) lower confidence bound on a Bernoulli mean after ``trials`` samples.
+
+    Args:
+        successes: k, votes for the guessed class among the first n samples, 0 ≤ k ≤ n.
+        trials: n ≥ 1.
+        alpha: α in (0, 1).
+        prior: (a, b) of the Beta mixing prior.
+
+    Returns:
+        L_n in [0, 1) (float64). Guarantee: P[∃ n: p < L_n] ≤ α when the samples have
+        conditional mean ≤ p given the past, so the bound may be read after every sample and
+        at any data-dependent stopping time. L_n ≤ the fixed-n Clopper–Pearson bound.
+    """
+    successes, trials = _check_counts(successes, trials)
+    a, b = _check_prior(prior)
+    return _lower(successes, trials, check_alpha(alpha), a, b)
+
+
+def cs_upper_bound(successes: int, trials: int, alpha: float, prior: Sequence[float] = DEFAULT_PRIOR) -> float:
+    """Anytime-valid (1 − α) upper confidence bound: 1 − the lower bound on the failure rate.
+
+    Args and guarantee mirror :func:`cs_lower_bound` (P[∃ n: p > U_n] ≤ α). The SDK uses it
+    only to stop early for futility, never to make a certificate.
+    """
+    successes, trials = _check_counts(successes, trials)
+    a, b = _check_prior(prior)
+    return 1.0 - _lower(trials - successes, trials, check_alpha(alpha), a, b)
+
+
+def first_certifying_n(p_target: float, alpha: float, prior: Sequence[float] = DEFAULT_PRIOR, limit: int = 10**8) -> Optional[int]:
+    """The smallest n at which n unanimous votes give a lower bound ≥ ``p_target``.
+
+    Args:
+        p_target: in (0, 1). alpha: α in (0, 1). prior: the Beta mixing prior.
+        limit: give up above this n.
+
+    Returns:
+        n ≥ 1, or None when even ``limit`` unanimous votes are not enough. The unanimous
+        bound grows with n, so this is found by bisection.
+    """
+    alpha = check_alpha(alpha)
+    a, b = _check_prior(prior)
+    if not 0.0 < p_target < 1.0:
+        raise InvalidParameterError(f"p_target must be in (0, 1), got {p_target!r}")
+    if _lower(limit, limit, alpha, a, b) < p_target:
+        return None
+    low, high = 0, 1
+    while _lower(high, high, alpha, a, b) < p_target:
+        low, high = high, high * 2
+    high = min(high, limit)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _lower(middle, middle, alpha, a, b) >= p_target:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def look_points(first: int, budget: int, growth: float = DEFAULT_GROWTH) -> list[int]:
+    """Sample counts at which a sequential rule looks at the votes.
+
+    Args:
+        first: the first look, 1 ≤ first. budget: the last look (N). growth: > 1.
+
+    Returns:
+        Increasing sample counts ``first, ⌈first·growth⌉, …, budget`` (each at least one more
+        than the previous; ``[budget]`` when first ≥ budget). Deterministic in its arguments,
+        so an offline replay looks exactly where the online run did.
+    """
+    if not growth > 1.0:
+        raise InvalidParameterError(f"growth must be > 1, got {growth!r}")
+    points = []
+    n = max(1, int(first))
+    while n < budget:
+        points.append(n)
+        n = max(n + 1, math.ceil(n * growth))
+    points.append(int(budget))
+    return points
+
+
+@dataclass(frozen=True)
+class SequentialOutcome:
+    """The result of a sequential certification (see :meth:`SequentialRule.replay`).
+
+    Attributes:
+        certified: True when p_lower > ½ (the label ĉ is certified at ``radius``).
+        p_lower: the running maximum of the anytime-valid lower bound at the looks made.
+        radius: σ·Φ⁻¹(p_lower) when p_lower > ½, else 0.0.
+        n: estimation samples used (the last look).
+        successes: votes for ĉ among them.
+        stop_reason: a key of :data:`STOP_REASONS`.
+        looks: the number of looks made.
+    """
+
+    certified: bool
+    p_lower: float
+    radius: float
+    n: int
+    successes: int
+    stop_reason: str
+    looks: int
+
+
+def _radius(p_lower: float, noise_sd: float) -> float:
+    return noise_sd * float(_norm.ppf(p_lower)) if p_lower > 0.5 else 0.0
+
+
+@dataclass(frozen=True)
+class SequentialRule:
+    """When to look, when to stop, and what to certify, for one image (pure).
+
+    Args:
+        noise_sd: σ > 0 in [0, 1] pixel units.
+        alpha: α in (0, 1): the certificate holds with probability ≥ 1 − α whatever the
+            stopping time.
+        budget: N ≥ 1, the most estimation samples this image may use.
+        radius: target radius (> 0) or None. With a target the rule stops as soon as the
+            target is certified ("certified") or out of reach within the budget at an
+            optimistic vote rate ("futile"). Without one it stops when even an optimistic
+            rate cannot raise the radius by more than ``tolerance`` by the budget ("settled").
+        tolerance: radius tolerance of the untargeted rule (default 0.1·σ).
+        growth: look spacing (> 1). futility_alpha: level of the optimistic upper bound.
+        prior: Beta mixing prior of the confidence sequence.
+    """
+
+    noise_sd: float
+    alpha: float
+    budget: int
+    radius: Optional[float] = None
+    tolerance: Optional[float] = None
+    growth: float = DEFAULT_GROWTH
+    futility_alpha: float = DEFAULT_FUTILITY_ALPHA
+    prior: tuple[float, float] = DEFAULT_PRIOR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "noise_sd", check_noise_sd(self.noise_sd, allow_zero=False))
+        object.__setattr__(self, "alpha", check_alpha(self.alpha))
+        object.__setattr__(self, "budget", check_sample_count(self.budget, "N"))
+        object.__setattr__(self, "futility_alpha", check_alpha(self.futility_alpha))
+        object.__setattr__(self, "prior", _check_prior(self.prior))
+        if self.radius is not None:
+            if isinstance(self.radius, bool) or not isinstance(self.radius, Real) or not (0 < self.radius < math.inf):
+                raise InvalidParameterError(f"radius must be a positive number or None, got {self.radius!r}")
+            object.__setattr__(self, "radius", float(self.radius))
+        tolerance = DEFAULT_TOLERANCE_FRACTION * self.noise_sd if self.tolerance is None else self.tolerance
+        if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not (0 <= tolerance < math.inf):
+            raise InvalidParameterError(f"tolerance must be a non-negative number, got {self.tolerance!r}")
+        object.__setattr__(self, "tolerance", float(tolerance))
+        if not (isinstance(self.growth, Real) and self.growth > 1 and math.isfinite(self.growth)):
+            raise InvalidParameterError(f"growth must be a number > 1, got {self.growth!r}")
+
+    # -- what the budget allows ------------------------------------------------------------
+    def lower_bound(self, successes: int, trials: int) -> float:
+        """The rule's anytime-valid lower bound after ``trials`` samples."""
+        return _lower(int(successes), int(trials), self.alpha, *self.prior)
+
+    def radius_at(self, successes: int, trials: int) -> float:
+        """The radius the bound gives after ``trials`` samples with ``successes`` votes for ĉ."""
+        return _radius(self.lower_bound(successes, trials), self.noise_sd)
+
+    @property
+    def ceiling(self) -> float:
+        """The largest radius this budget can ever certify (all N votes for ĉ)."""
+        return self.radius_at(self.budget, self.budget)
+
+    @property
+    def target_p(self) -> Optional[float]:
+        """Φ(radius/σ): the lower bound needed to certify the target (None without a target)."""
+        return None if self.radius is None else float(_norm.cdf(self.radius / self.noise_sd))
+
+    def min_samples(self) -> Optional[int]:
+        """Fewest estimation samples that can certify the target (unanimous votes); None if
+        no target. May exceed the budget: see :meth:`check_feasible`."""
+        if self.radius is None:
+            return None
+        n = first_certifying_n(self.target_p, self.alpha, self.prior)
+        # float safety: the reported radius must reach the target, not only the bound
+        while n is not None and self.radius_at(n, n) < self.radius:
+            n += 1
+        return n
+
+    def check_feasible(self) -> None:
+        """Raise :class:`InvalidParameterError` when the target cannot be certified within the budget."""
+        if self.radius is None:
+            return
+        needed = self.min_samples()
+        if needed is None or needed > self.budget:
+            more = "an impractical number of" if needed is None else f"at least N={needed}"
+            raise InvalidParameterError(
+                f"radius={self.radius:g} at noise_sd={self.noise_sd:g}, alpha={self.alpha:g} needs {more} "
+                f"estimation queries even if every vote is for the guessed class; N={self.budget} can certify at "
+                f"most {self.ceiling:.4f}. Raise N, lower the radius, raise noise_sd or alpha "
+                "(robust_api.plan shows the trade-offs)."
+            )
+
+    def looks(self) -> list[int]:
+        """The sample counts at which the rule looks: from where unanimous votes could first
+        certify anything, spaced by ``growth``, ending at the budget; with a target, also exactly
+        where unanimous votes first certify it. Looks before that can only stop for futility,
+        which lets hopeless images stop early."""
+        first = first_certifying_n(0.5 + 1e-9, self.alpha, self.prior) or self.budget
+        points = look_points(min(first, self.budget), self.budget, self.growth)
+        if self.radius is not None:
+            needed = self.min_samples()
+            if needed is not None and needed < self.budget:
+                points = sorted(set(points) | {needed})
+        return points
+
+    # -- the rule --------------------------------------------------------------------------
+    def _optimistic_radius_at_budget(self, successes: int, trials: int) -> float:
+        p_high = 1.0 - _lower(trials - successes, trials, self.futility_alpha, *self.prior)
+        remaining = self.budget - trials
+        best_successes = min(self.budget, successes + math.ceil(p_high * remaining - 1e-12))
+        return self.radius_at(best_successes, self.budget)
+
+    def step(self, successes: int, trials: int, p_lower: float) -> tuple[float, Optional[str]]:
+        """One look after ``trials`` samples with ``successes`` votes for ĉ.
+
+        Args:
+            successes, trials: the counts so far. p_lower: the running lower bound so far
+                (0 before the first look).
+
+        Returns:
+            (the new running lower bound, a stop reason or None to go on).
+        """
+        p_lower = max(p_lower, self.lower_bound(successes, trials))
+        radius = _radius(p_lower, self.noise_sd)
+        if self.radius is not None and radius >= self.radius:
+            return p_lower, "certified"
+        if trials >= self.budget:
+            return p_lower, "budget"
+        best = self._optimistic_radius_at_budget(successes, trials)
+        if self.radius is not None:
+            return p_lower, ("futile" if best < self.radius else None)
+        return p_lower, ("settled" if best - radius <= self.tolerance else None)
+
+    def replay(self, votes: Sequence[bool]) -> SequentialOutcome:
+        """Run the rule over votes in sample order (True = a vote for ĉ).
+
+        Args:
+            votes: the estimation samples in sample-index order; failed queries are False.
+                Samples beyond the stopping look are ignored; if they run out first the
+                outcome stops with reason "ended" at the last complete look.
+
+        Returns:
+            A :class:`SequentialOutcome`. Guarantee: with probability ≥ 1 − α over the
+            estimation noise, p_A ≥ p_lower, so a certified ĉ is the smoothed classifier's
+            answer within L2 ``radius`` — for this rule and for any other stopping rule.
+        """
+        available = len(votes)
+        prefix = [0]
+        for vote in votes:
+            prefix.append(prefix[-1] + bool(vote))
+        p_lower, reason, n, looks = 0.0, None, 0, 0
+        for look in self.looks():
+            if look > available:
+                reason = "ended"
+                break
+            n, looks = look, looks + 1
+            p_lower, reason = self.step(prefix[n], n, p_lower)
+            if reason is not None:
+                break
+        if reason is None:  # pragma: no cover - the last look is the budget, which always stops
+            reason = "budget"
+        radius = _radius(p_lower, self.noise_sd)
+        return SequentialOutcome(
+            certified=p_lower > 0.5,
+            p_lower=p_lower,
+            radius=radius,
+            n=n,
+            successes=prefix[n],
+            stop_reason=reason,
+            looks=looks,
+        )
