@@ -29,7 +29,7 @@ from .errors import (
 )
 from .images import as_image, image_digest
 from .noise import NoiseSampler
-from .offline import DEFAULT_N, DEFAULT_N0, CertifySettings, certify_from_log, guess_from_records, predict_from_log
+from .offline import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, CertifySettings, certify_from_log, guess_from_records, predict_from_log
 from .providers.base import Provider, create_provider
 from .providers.callable import CallableProvider
 from .query_logs.records import CallHeader, CallLog, QueryRecord, dumps_raw
@@ -40,8 +40,6 @@ from .validation import check_alpha, check_noise_sd, check_sample_count, check_s
 __all__ = ["RobustAPI", "DEFAULT_N0", "DEFAULT_N", "DEFAULT_ALPHA"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_ALPHA = 0.001
 
 
 def _contiguous_runs(indices: Sequence[int], max_len: int) -> Iterator[tuple[int, int]]:
@@ -199,7 +197,7 @@ class RobustAPI:
         image: Any,
         N: Optional[int] = None,
         noise_sd: Optional[float] = None,
-        alpha: float = DEFAULT_ALPHA,
+        alpha: Optional[float] = None,
         *,
         seed: Optional[int] = None,
     ) -> Prediction:
@@ -211,9 +209,11 @@ class RobustAPI:
             N: number of noisy samples (queries), ≥ 1 (online default 100). Offline: the first N
                 logged (default all).
             noise_sd: σ ≥ 0 in [0, 1] pixel units; 0 sends clean copies (``predict(img,
-                N=1, noise_sd=0)`` is one clean query: the base classifier's label).
+                N=1, noise_sd=0)`` is one clean query: the provider's label on the image as it
+                is, without the denoiser).
                 Offline: must equal the logged σ if given.
-            alpha: α in (0, 1) for the binomial test.
+            alpha: α in (0, 1) for the binomial test (online default 0.001; offline default:
+                the logged α).
             seed: overrides the instance's seed for this call.
 
         Returns:
@@ -225,7 +225,7 @@ class RobustAPI:
             return predict_from_log(image, N=N, noise_sd=noise_sd, alpha=alpha)
         N = check_sample_count(DEFAULT_N if N is None else N, "N")
         noise_sd = check_noise_sd(noise_sd, allow_zero=True)
-        alpha = check_alpha(alpha)
+        alpha = check_alpha(DEFAULT_ALPHA if alpha is None else alpha)
         phase = "clean" if noise_sd == 0 else "predict"
         if noise_sd == 0 and N > 1:
             logger.warning("noise_sd=0 with N=%d sends %d identical clean queries", N, N)
@@ -240,7 +240,7 @@ class RobustAPI:
         noise_sd: Optional[float] = None,
         N0: Optional[int] = None,
         N: Optional[int] = None,
-        alpha: float = DEFAULT_ALPHA,
+        alpha: Optional[float] = None,
         *,
         seed: Optional[int] = None,
         method: Optional[str] = None,
@@ -260,7 +260,7 @@ class RobustAPI:
             N: estimation samples, fresh and disjoint from selection (default 100). With
                 ``method="sequential"`` N is the most the call may spend; it usually stops
                 earlier. Offline: the first N logged (default all).
-            alpha: α in (0, 1).
+            alpha: α in (0, 1) (online default 0.001; offline default: the logged α).
             seed: overrides the instance's seed for this call.
             method: ``"cohen"`` (default online; offline: the logged method): Cohen et al.'s
                 CERTIFY with a one-sided Clopper–Pearson bound on N fresh samples.
@@ -269,8 +269,10 @@ class RobustAPI:
                 ``"sequential"``: queries in growing batches and stops as soon as the
                 answer is settled, with an anytime-valid confidence sequence
                 (:mod:`robust_api.sequential`).
-            selection: ``"noise"`` (N0 noisy samples; the default for cohen and top2) or
-                ``"clean"`` (one query on the clean image; the default for sequential).
+            selection: ``"noise"`` (N0 noisy, denoised samples; the default for cohen and
+                top2) or ``"clean"`` (one query on the image as it is, without the denoiser;
+                the default for sequential). Either is valid: the guess only has to be
+                independent of the estimation noise.
             radius: sequential only: the target radius. The call stops once it is
                 certified, or once it is out of reach within N. A target that N cannot
                 reach even with unanimous votes is refused before any query.
@@ -292,13 +294,15 @@ class RobustAPI:
             return certify_from_log(
                 image, noise_sd=noise_sd, N0=N0, N=N, alpha=alpha, method=method, radius=radius, tolerance=tolerance
             )
+        alpha = DEFAULT_ALPHA if alpha is None else alpha
         settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
         call = self._open_call(image, "certify", settings.noise_sd, seed, settings.params())
         with call:
             guess = self._select(call, settings)
-            if settings.method == "sequential":
-                if guess is not None:
-                    self._estimate_sequentially(call, guess, settings.rule())
+            if guess is None:
+                pass  # nothing to certify: ABSTAIN without paying for estimation queries
+            elif settings.method == "sequential":
+                self._estimate_sequentially(call, guess, settings.rule())
             else:
                 call.query("estimation", 0, settings.N)
         return certify_from_log(call.logs(), alpha=settings.alpha, queries=call.queries, offline=False)
@@ -345,7 +349,9 @@ class RobustAPI:
         if not self.online:
             raise OfflineModeError("certify_batch sends queries; re-certify logged calls one by one with certify(logs)")
         if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(images, Sequence) or not images:
-            raise InvalidParameterError("images must be a non-empty list of images")
+            raise InvalidParameterError(
+                "images must be a non-empty list of images (for a NumPy stack of images pass list(stack))"
+            )
         total_queries = check_sample_count(total_queries, "total_queries")
         cap = max(1, math.ceil(2 * total_queries / len(images))) if N is None else N
         settings = CertifySettings.online(noise_sd, N0, cap, alpha, "sequential", selection, radius, tolerance)
@@ -470,15 +476,19 @@ class RobustAPI:
             logger.info("%s: reused %d logged %s answers", header.run_id, len(reusable), phase)
         missing = [i for i in range(start, stop) if i not in reusable]
         if missing:
-            sampler = NoiseSampler(image, header.image_digest, header.seed, phase, header.noise_sd)
+            noise_sd = 0.0 if phase == "clean" else header.noise_sd
+            sampler = NoiseSampler(image, header.image_digest, header.seed, phase, noise_sd)
             batch = min(self.batch_size or self.provider.max_batch_size, self.provider.max_batch_size)
             # Noise is generated and denoised a block at a time (bounded host memory), and each block
             # is cut into provider-sized requests: a one-image-per-request API still gets a batched
             # denoiser.
-            block = max(batch, _denoise_block_size(image.shape)) if self.denoiser is not None else batch
+            # Clean queries send the image as it is: a denoiser is for noisy copies (and the
+            # provider's label on the clean image is the predecessor's reference label).
+            denoise = self.denoiser is not None and phase != "clean"
+            block = max(batch, _denoise_block_size(image.shape)) if denoise else batch
             for first, last in _contiguous_runs(missing, block):
                 images = sampler.noisy(first, last)
-                if self.denoiser is not None:
+                if denoise:
                     images = self._denoise(images)
                 for offset in range(0, last - first, batch):
                     sent = self._send_batch(header, phase, first + offset, images[offset : offset + batch])

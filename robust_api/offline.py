@@ -29,6 +29,7 @@ __all__ = ["predict_from_log", "certify_from_log", "as_call_log", "CertifySettin
 #: samples at α = 0.001 (120 paid queries per image).
 DEFAULT_N0 = 20
 DEFAULT_N = 100
+DEFAULT_ALPHA = 0.001
 
 
 def as_call_log(logs: Any) -> CallLog:
@@ -45,6 +46,12 @@ def as_call_log(logs: Any) -> CallLog:
         f"offline predict/certify needs a CallLog (result.logs, or an item of robust_api.open_log(path)), "
         f"got {type(logs).__name__}.{hint}"
     )
+
+
+def _logged_alpha(logs: CallLog, alpha: Optional[float]) -> float:
+    if alpha is None:
+        alpha = (logs.header.params or {}).get("alpha", DEFAULT_ALPHA)
+    return check_alpha(alpha)
 
 
 def _check_noise_matches(logs: CallLog, noise_sd: Optional[float]) -> float:
@@ -80,7 +87,7 @@ def predict_from_log(
     logs: Any,
     N: Optional[int] = None,
     noise_sd: Optional[float] = None,
-    alpha: float = 0.001,
+    alpha: Optional[float] = None,
     *,
     queries: int = 0,
     offline: bool = True,
@@ -92,7 +99,7 @@ def predict_from_log(
             certify call uses its estimation samples (fresh noise, valid for PREDICT).
         N: use the first N samples (default: all logged).
         noise_sd: must equal the logged σ if given (default: the logged one).
-        alpha: α in (0, 1).
+        alpha: α in (0, 1) (default: the logged α, else 0.001).
         queries, offline: what the result reports (set by the online path).
 
     Returns:
@@ -100,7 +107,7 @@ def predict_from_log(
         clean answer (ABSTAIN on a tie) and no test is made.
     """
     logs = as_call_log(logs)
-    alpha = check_alpha(alpha)
+    alpha = _logged_alpha(logs, alpha)
     noise_sd = _check_noise_matches(logs, noise_sd)
     if logs.header.kind == "certify":
         phase = "estimation"
@@ -219,7 +226,7 @@ def certify_from_log(
     noise_sd: Optional[float] = None,
     N0: Optional[int] = None,
     N: Optional[int] = None,
-    alpha: float = 0.001,
+    alpha: Optional[float] = None,
     *,
     method: Optional[str] = None,
     radius: Optional[float] = None,
@@ -235,7 +242,7 @@ def certify_from_log(
         N0: use the first N0 selection samples (default: all logged; not with clean selection).
         N: fixed methods: use the first N estimation samples (default all). Sequential: the
             budget of the replayed rule (default: the logged one).
-        alpha: α in (0, 1); may differ from the α used online.
+        alpha: α in (0, 1) (default: the logged α, else 0.001); may differ from the α used online.
         method: None (the logged method), "cohen", "top2" or "sequential". A fixed-N log may
             be replayed sequentially (in sample order); a sequential log can only be
             re-certified sequentially, because its sample count was chosen by looking at
@@ -253,7 +260,7 @@ def certify_from_log(
             predict call, or a fixed-N method on a sequential log.
     """
     logs = as_call_log(logs)
-    alpha = check_alpha(alpha)
+    alpha = _logged_alpha(logs, alpha)
     if logs.header.kind != "certify":
         raise LogMismatchError(
             f"call {logs.header.run_id} is a {logs.header.kind} call (no selection/estimation split); "
@@ -301,6 +308,9 @@ def certify_from_log(
             counts=counts, n=outcome.n, errors=errors, stop_reason=outcome.stop_reason, target_radius=rule.radius,
             budget=budget, ceiling=rule.ceiling, **common,
         )
+    if guess is None:
+        return Certificate(label=ABSTAIN, radius=0.0, p_lower=0.0, counts={}, n=0, errors=0, stop_reason="no_guess",
+                           budget=N, ceiling=0.0, **common)
     estimation = _take(logs, "estimation", N, "N")
     if not estimation:
         raise LogMismatchError(

@@ -81,7 +81,11 @@ def _radius_fn(method: str, noise_sd: float, alpha: float, budget: int):
 
 
 def _fewest_queries(radius_at, radius: float, vote_rate: float) -> Optional[int]:
-    """Smallest n with radius_at(⌊vote_rate·n⌋, n) ≥ radius (bisection; the radius grows with n)."""
+    """Smallest n with radius_at(⌊vote_rate·n⌋, n) ≥ radius.
+
+    Bisection finds where the radius, which grows with n up to rounding, first reaches the
+    target; a downward scan then finds smaller n that reach it through the rounding of
+    ⌊vote_rate·n⌋ (none are below the unanimous minimum, where the scan stops)."""
     def reaches(n: int) -> bool:
         return radius_at(math.floor(vote_rate * n + 1e-9), n) >= radius
 
@@ -97,10 +101,10 @@ def _fewest_queries(radius_at, radius: float, vote_rate: float) -> Optional[int]
             high = middle
         else:
             low = middle
-    # ⌊rate·n⌋ is not monotone in n for rate < 1: step down while smaller n also reach it
-    while high > 1 and reaches(high - 1):
-        high -= 1
-    return high
+    if vote_rate >= 1.0:
+        return high
+    floor = _fewest_queries(radius_at, radius, 1.0) or 1
+    return next(n for n in range(floor, high + 1) if reaches(n))
 
 
 def plan(
@@ -132,9 +136,11 @@ def plan(
         prices: USD per query overrides (see :mod:`robust_api.pricing`).
 
     Returns:
-        A :class:`BudgetPlan`. The numbers are exact for the methods as implemented: a
-        Cohen certificate of ``radius`` is impossible with fewer estimation queries than
-        ``estimation_queries`` at that vote rate, and no method can exceed ``ceiling`` with N.
+        A :class:`BudgetPlan`. The numbers are exact for the methods as implemented: with
+        ⌊vote_rate·n⌋ votes for the class, no n below ``estimation_queries`` certifies
+        ``radius`` (at vote rates below 1 a few larger n may fall short by rounding), and no
+        method can exceed ``ceiling`` with N. A sequential run only stops at its looks
+        (10% apart), so it may use up to 10% more than its ``estimation_queries``.
     """
     noise_sd = check_noise_sd(noise_sd, allow_zero=False)
     alpha = check_alpha(alpha)

@@ -110,7 +110,8 @@ class Certificate(_Unpackable):
     Attributes:
         label: the certified label ĉ (str) or :data:`ABSTAIN`.
         radius: certified L2 radius σ·Φ⁻¹(p_lower), 0.0 on abstention.
-        p_lower: p̲_A, the one-sided (1 − α) Clopper–Pearson lower bound on P[f(x+δ) = ĉ].
+        p_lower: p̲_A, a (1 − α) lower bound on P[f(x+δ) = ĉ]: one-sided Clopper–Pearson at α
+            (cohen), at α/2 (top2), or the anytime-valid confidence-sequence bound (sequential).
         counts: label → votes of the n estimation samples.
         selection_counts: label → votes of the n₀ selection samples that chose ĉ.
         guess: ĉ as chosen by the selection step (even when the certificate abstains), or None.
@@ -123,8 +124,9 @@ class Certificate(_Unpackable):
         logs: the CallLog the certificate was computed from.
         offline: True when computed from logs passed in (unpacks as ``label, radius``).
         selection: "noise" (n0 noisy samples chose ĉ) or "clean" (one clean query).
-        stop_reason: sequential only: why it stopped (see
-            :data:`robust_api.sequential.STOP_REASONS`); None for fixed-N methods.
+        stop_reason: sequential: why it stopped (see :data:`robust_api.sequential.STOP_REASONS`);
+            fixed-N methods: "no_guess" when selection found no class (no estimation queries
+            are then sent), else None.
         target_radius: sequential only: the target radius, or None.
         budget: the most estimation samples the method could use (N).
         ceiling: the largest radius ``budget`` samples can certify with this method (all

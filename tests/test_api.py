@@ -256,3 +256,26 @@ def test_sixteen_bit_png_keeps_its_precision(tmp_path):
     loaded = as_image(path)
     assert loaded.shape == (2, 3, 1) and loaded.dtype == np.float32
     assert np.allclose(loaded[..., 0], values / 65535.0)
+
+
+def test_clean_selection_sends_the_image_as_it_is():
+    """selection="clean" queries the unperturbed image, without the denoiser (noisy copies are denoised)."""
+    seen = []
+
+    def classifier(batch):
+        seen.append(batch.copy())
+        return ["A"] * len(batch)
+
+    def inverting_denoiser(batch):
+        return 1.0 - batch
+
+    image = np.full((4, 4, 1), 0.2, dtype=np.float32)
+    api = RobustAPI(classifier, denoiser=inverting_denoiser, log=False, seed=3)
+    cert = api.certify(image, noise_sd=0.25, selection="clean", N=30)
+    assert cert.selection == "clean" and cert.n0 == 1 and cert.samples == 31
+    clean_batch, *noisy_batches = seen
+    assert clean_batch.shape == (1, 4, 4, 1)
+    np.testing.assert_array_equal(clean_batch[0], image)
+    noisy = np.concatenate(noisy_batches)
+    assert noisy.shape[0] == 30
+    assert noisy.mean() > 0.6  # denoised by the inverting denoiser (noisy copies average 0.2 before it)

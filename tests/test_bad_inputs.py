@@ -285,7 +285,6 @@ BAD_ALPHAS = [
     (float("nan"), "alpha must be a float in (0, 1)"),
     (float("inf"), "alpha must be a float in (0, 1)"),
     ("0.01", "alpha must be a float in (0, 1)"),
-    (None, "alpha must be a float in (0, 1)"),
     (True, "alpha must be a float in (0, 1)"),
 ]
 
@@ -299,6 +298,15 @@ def test_bad_alpha(alpha, phrase, method, api, counting):
         else:
             api.predict(IMAGE, N=3, noise_sd=SIGMA, alpha=alpha)
     assert_rejected(excinfo, InvalidParameterError, phrase, counting, api)
+
+
+def test_alpha_none_means_the_default_online_and_the_logged_alpha_offline(api):
+    cert = api.certify(IMAGE, noise_sd=SIGMA, N0=2, N=3, alpha=None)
+    assert cert.alpha == 0.001
+    logged = api.certify(IMAGE, noise_sd=SIGMA, N0=2, N=3, alpha=0.2)
+    offline = RobustAPI("x", online=False)
+    assert offline.certify(logged.logs).alpha == 0.2
+    assert offline.certify(logged.logs, alpha=0.05).alpha == 0.05
 
 
 BAD_COUNTS = [

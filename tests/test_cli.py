@@ -13,8 +13,8 @@ from robust_api.cli import main
 from robust_api.providers import base as provider_base
 
 PROVIDER = "test-halfspace"
-CERT_HEADERS = ["image", "label", "radius", "p_lower", "N0", "N", "queries"]
-RECERT_HEADERS = ["run", "label", "radius", "p_lower", "N0", "N", "queries", "status"]
+CERT_HEADERS = ["image", "label", "radius", "p_lower", "N0", "N", "stop", "queries"]
+RECERT_HEADERS = ["run", "label", "radius", "p_lower", "N0", "N", "stop", "queries", "status"]
 
 
 class Halfspace:
