@@ -19,6 +19,7 @@ from .statistics import (
     certify_top2_from_counts,
     max_certifiable_radius,
     predict_from_counts,
+    ranked_labels,
     top_label,
 )
 from .validation import check_alpha, check_noise_sd, check_sample_count
@@ -321,7 +322,7 @@ def certify_from_log(
     n = len(estimation)
     ceiling = max_certifiable_radius(n, sigma, alpha if method == "cohen" else alpha * TOP2_ALPHA_SPLIT[0])
     if method == "top2":
-        ranked = [label for label, _ in sorted(selection_counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+        ranked = ranked_labels(selection_counts)
         runner_up = ranked[1] if len(ranked) > 1 else None
         top2 = certify_top2_from_counts(guess, runner_up, counts, n, sigma, alpha)
         return Certificate(

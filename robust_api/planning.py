@@ -15,10 +15,10 @@ from typing import Optional
 
 from .errors import InvalidParameterError
 from .offline import DEFAULT_N0, METHODS, SELECTIONS
-from .pricing import price_table
+from .pricing import price_per_query, price_table
 from .sequential import SequentialRule
 from .statistics import certify_from_counts, certify_top2_from_counts
-from .validation import check_alpha, check_noise_sd, check_sample_count
+from .validation import check_alpha, check_noise_sd, check_radius, check_sample_count
 
 __all__ = ["plan", "BudgetPlan", "MethodPlan"]
 
@@ -144,8 +144,7 @@ def plan(
     """
     noise_sd = check_noise_sd(noise_sd, allow_zero=False)
     alpha = check_alpha(alpha)
-    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, Real) or not 0 < radius < math.inf):
-        raise InvalidParameterError(f"radius must be a positive number or None, got {radius!r}")
+    radius = check_radius(radius)
     if N is not None:
         N = check_sample_count(N, "N")
     N0 = check_sample_count(N0, "N0")
@@ -155,24 +154,19 @@ def plan(
         raise InvalidParameterError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if selection is not None and selection not in SELECTIONS:
         raise InvalidParameterError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    table = price_table(prices)
     if provider is not None:
-        if provider not in table:
-            raise InvalidParameterError(
-                f"no price for provider {provider!r}; known: {', '.join(sorted(table))}. Pass prices={{{provider!r}: USD}}"
-            )
-        table = {provider: table[provider]}
+        table = {provider: price_per_query(provider, prices)}
     else:
-        table = {name: price for name, price in table.items() if price > 0}
+        table = {name: price for name, price in price_table(prices).items() if price > 0}
     plans = []
     for name in (method,) if method else METHODS:
         chosen = selection or ("clean" if name == "sequential" else "noise")
         selection_queries = 1 if chosen == "clean" else N0
         radius_at = _radius_fn(name, noise_sd, alpha, N or _SEARCH_LIMIT)
-        estimation = None if radius is None else _fewest_queries(radius_at, float(radius), float(vote_rate))
+        estimation = None if radius is None else _fewest_queries(radius_at, radius, float(vote_rate))
         total = None if estimation is None else selection_queries + estimation
         ceiling = None if N is None else radius_at(N, N)
         priced = total if total is not None else (selection_queries + N if N is not None else None)
         costs = {} if priced is None else {p: priced * price for p, price in table.items()}
         plans.append(MethodPlan(name, chosen, selection_queries, estimation, total, ceiling, costs))
-    return BudgetPlan(noise_sd, alpha, None if radius is None else float(radius), N, float(vote_rate), tuple(plans))
+    return BudgetPlan(noise_sd, alpha, radius, N, float(vote_rate), tuple(plans))

@@ -40,8 +40,8 @@ from scipy.stats import beta as _beta
 from scipy.stats import norm as _norm
 
 from .errors import InvalidParameterError
-from .statistics import _check_count
-from .validation import check_alpha, check_noise_sd, check_sample_count
+from .statistics import _check_count, radius_from_p_lower
+from .validation import check_alpha, check_noise_sd, check_radius, check_sample_count
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -228,7 +228,7 @@ class SequentialOutcome:
 
 
 def _radius(p_lower: float, noise_sd: float) -> float:
-    return noise_sd * float(_norm.ppf(p_lower)) if p_lower > 0.5 else 0.0
+    return radius_from_p_lower(p_lower, noise_sd) if p_lower > 0.5 else 0.0
 
 
 @dataclass(frozen=True)
@@ -264,10 +264,7 @@ class SequentialRule:
         object.__setattr__(self, "budget", check_sample_count(self.budget, "N"))
         object.__setattr__(self, "futility_alpha", check_alpha(self.futility_alpha))
         object.__setattr__(self, "prior", _check_prior(self.prior))
-        if self.radius is not None:
-            if isinstance(self.radius, bool) or not isinstance(self.radius, Real) or not (0 < self.radius < math.inf):
-                raise InvalidParameterError(f"radius must be a positive number or None, got {self.radius!r}")
-            object.__setattr__(self, "radius", float(self.radius))
+        object.__setattr__(self, "radius", check_radius(self.radius))
         tolerance = DEFAULT_TOLERANCE_FRACTION * self.noise_sd if self.tolerance is None else self.tolerance
         if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not (0 <= tolerance < math.inf):
             raise InvalidParameterError(f"tolerance must be a non-negative number, got {self.tolerance!r}")

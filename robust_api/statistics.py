@@ -27,6 +27,7 @@ __all__ = [
     "clopper_pearson_lower",
     "radius_from_p_lower",
     "top_label",
+    "ranked_labels",
     "PredictOutcome",
     "CertifyOutcome",
     "predict_from_counts",
@@ -86,6 +87,12 @@ def radius_from_p_lower(p_lower: float, noise_sd: float) -> float:
     if not (noise_sd > 0 and math.isfinite(noise_sd)):
         raise InvalidParameterError(f"noise_sd must be > 0 and finite, got {noise_sd!r}")
     return float(noise_sd) * float(_norm.ppf(float(p_lower)))
+
+
+def ranked_labels(counts: Mapping[Hashable, int]) -> list[Hashable]:
+    """Labels with a positive count, most votes first, ties broken by the smaller ``str(label)``
+    (the order :func:`top_label` uses; the runner-up of a selection vote is the second)."""
+    return sorted((label for label, count in counts.items() if count > 0), key=lambda label: (-int(counts[label]), str(label)))
 
 
 def top_label(counts: Mapping[Hashable, int]) -> Optional[Hashable]:

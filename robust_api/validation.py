@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import InvalidParameterError
 
-__all__ = ["check_alpha", "check_noise_sd", "check_sample_count", "check_seed", "MAX_SEED"]
+__all__ = ["check_alpha", "check_noise_sd", "check_sample_count", "check_seed", "check_radius", "MAX_SEED"]
 
 #: Seeds live in [0, 2⁶³) so that they fit SQLite's signed 64-bit integers.
 MAX_SEED = 2**63 - 1
@@ -66,3 +66,12 @@ def check_seed(seed: Any) -> int:
     if not _is_integer(seed) or not 0 <= int(seed) <= MAX_SEED:
         raise InvalidParameterError(f"seed must be an integer in [0, 2**63 - 1] or None, got {seed!r}")
     return int(seed)
+
+
+def check_radius(radius: Any) -> Any:
+    """A target radius: None, or a positive finite number (as float)."""
+    if radius is None:
+        return None
+    if isinstance(radius, bool) or not isinstance(radius, Real) or not 0 < float(radius) < math.inf:
+        raise InvalidParameterError(f"radius must be a positive number or None, got {radius!r}")
+    return float(radius)
