@@ -9,7 +9,10 @@ one fits, from the matching built-in, so ordinary ``except ValueError`` clauses 
     │   └── InvalidParameterError              noise_sd, alpha, N, N0, seed, batch size ...
     ├── UnknownProviderError (ValueError)      provider name not registered (lists the known ones)
     ├── ProviderError (RuntimeError)           the provider failed while answering
-    │   └── ProviderResponseError (ValueError) wrong number / type of labels returned
+    │   ├── ProviderResponseError (ValueError) wrong number / type of labels returned
+    │   ├── TransientProviderError             throttling, 5xx, timeout, malformed body: retried
+    │   └── CredentialsError                   credentials missing or refused (names the variables)
+    ├── BudgetExceededError (RuntimeError)     a query would cross max_queries / max_cost_usd
     ├── DenoiserError (RuntimeError)           the denoiser failed or returned the wrong shape
     ├── OfflineModeError (RuntimeError)        an online action was asked of an offline RobustAPI
     ├── MissingDependencyError (ImportError)   an optional package is missing (message has the pip line)
@@ -32,6 +35,9 @@ __all__ = [
     "UnknownProviderError",
     "ProviderError",
     "ProviderResponseError",
+    "TransientProviderError",
+    "CredentialsError",
+    "BudgetExceededError",
     "DenoiserError",
     "OfflineModeError",
     "MissingDependencyError",
@@ -68,6 +74,37 @@ class ProviderError(RobustAPIError, RuntimeError):
 
 class ProviderResponseError(ProviderError, ValueError):
     """The provider answered, but not with one string label (or raw response) per image."""
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth retrying: throttling, a 5xx, a timeout, a dropped connection or a
+    malformed body. Raised by provider adapters; the dispatcher retries with backoff and,
+    when the attempts are used up, records the samples as failed (votes against the top class).
+
+    Attributes:
+        kind: "throttled", "server", "timeout", "connection" or "malformed".
+        retry_after: seconds the provider asked to wait (Retry-After), or None.
+    """
+
+    KINDS = ("throttled", "server", "timeout", "connection", "malformed")
+
+    def __init__(self, kind: str, message: str, retry_after: "float | None" = None):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown transient failure kind {kind!r}; one of {self.KINDS}")
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+class CredentialsError(ProviderError):
+    """Credentials are missing or were refused. The message names where they are read from
+    (environment variables, files); it never contains the secret itself."""
+
+
+class BudgetExceededError(RobustAPIError, RuntimeError):
+    """Sending the next query would cross ``max_queries`` or ``max_cost_usd``. Raised before a
+    fixed-N call starts when the whole call does not fit, and mid-call only when retries
+    use up what was left; nothing above the cap is ever sent."""
 
 
 class DenoiserError(RobustAPIError, RuntimeError):

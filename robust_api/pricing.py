@@ -23,6 +23,7 @@ LIST_PRICE_PER_1000_USD: dict[str, float] = {
     "azure": 1.00,
     "clarifai": 1.20,
     "local": 0.0,
+    "http": 0.0,
 }
 
 #: Where each default comes from, and how sure it is.
@@ -33,6 +34,7 @@ PRICE_SOURCES: dict[str, str] = {
     "azure": "unverified: Computer Vision S1 tag/analyze about $1.00 per 1,000 transactions",
     "clarifai": "unreliable (third-party, 2018): pre-built models $1.20 per 1,000 operations",
     "local": "a local model costs no fee",
+    "http": "a self-hosted model server: no fee by default (pass cost_per_query_usd= to record your own)",
 }
 
 

@@ -15,6 +15,7 @@ import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Optional, Union
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError, UnknownProviderError
 
-__all__ = ["Provider", "register_provider", "known_providers", "create_provider", "ENTRY_POINT_GROUP"]
+__all__ = ["Provider", "QueryFailure", "register_provider", "known_providers", "create_provider", "ENTRY_POINT_GROUP"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,36 @@ _REGISTRY: dict[str, Union[str, Callable[..., "Provider"]]] = {
 # name -> pip command, shown when the module behind a name fails to import
 _INSTALL_HINTS: dict[str, str] = {}
 
+for _name, _target in {
+    "google": "robust_api.providers.google:GoogleVisionProvider",
+    "aws": "robust_api.providers.aws:RekognitionProvider",
+    "azure": "robust_api.providers.azure:AzureVisionProvider",
+    "clarifai": "robust_api.providers.clarifai:ClarifaiProvider",
+    "http": "robust_api.providers.http:HTTPProvider",
+}.items():
+    _REGISTRY[_name] = _target
+    _INSTALL_HINTS[_name] = f"Install it with: pip install 'robust-api[{_name}]'"
+
+
+@dataclass(frozen=True)
+class QueryFailure:
+    """A failure of one image inside an answered batch (``send`` returns it in that image's slot).
+
+    Attributes:
+        kind: "throttled", "server", "timeout", "connection", "malformed" (transient) or
+            "rejected" (the provider refused this image; not retried).
+        message: what the provider said (no secrets).
+        retry_after: seconds the provider asked to wait, or None.
+    """
+
+    kind: str
+    message: str
+    retry_after: Optional[float] = None
+
+    @property
+    def transient(self) -> bool:
+        return self.kind != "rejected"
+
 
 class Provider(ABC):
     """One base classifier behind a uniform batch interface.
@@ -45,12 +76,23 @@ class Provider(ABC):
         model_version: the model version when known (None otherwise).
         max_batch_size: the most images one ``send`` call may carry.
         cost_per_query_usd: price of one image query (0.0 for local models).
+        default_concurrency: requests in flight when ``RobustAPI(concurrency=None)`` (1 for
+            local models and callables, which may not be thread-safe).
+        default_rate_limit: requests per second when ``RobustAPI(rate_limit=None)``; None
+            means unlimited.
+
+    Failures: ``send`` raises :class:`~robust_api.errors.TransientProviderError` for a
+    failure worth retrying (the whole batch is retried), puts a :class:`QueryFailure` in an
+    image's slot for a failure of that image only, and raises anything else for a failure
+    that must stop the call (bad credentials, a bug).
     """
 
     identity: str = "provider"
     model_version: Optional[str] = None
     max_batch_size: int = 1
     cost_per_query_usd: float = 0.0
+    default_concurrency: int = 1
+    default_rate_limit: Optional[float] = None
 
     def check_image(self, image: np.ndarray) -> None:
         """Raise :class:`~robust_api.errors.InvalidImageError` if this provider cannot take the image.
@@ -67,12 +109,17 @@ class Provider(ABC):
             images: float32 array [B, H, W, C] in [0, 1], 1 ≤ B ≤ ``max_batch_size``.
 
         Returns:
-            B raw responses (JSON-serializable plain data), in the order of the images.
+            B raw responses (JSON-serializable plain data), in the order of the images; a
+            :class:`QueryFailure` in the slot of an image the provider failed on.
         """
 
     @abstractmethod
     def parse(self, raw: Any) -> str:
         """The base classifier's label in one raw response (pure, no I/O)."""
+
+    def redact(self, text: str) -> str:
+        """``text`` with this provider's secrets masked (used on every error message it produces)."""
+        return text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(identity={self.identity!r})"
