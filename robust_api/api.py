@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -19,11 +20,11 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from .dispatch import Budget, Dispatcher, RateLimiter, RetryPolicy, Spending, shared_rate_limiter
 from .errors import (
     DenoiserError,
     InvalidParameterError,
     OfflineModeError,
-    ProviderError,
     ProviderResponseError,
     RobustAPIError,
 )
@@ -32,7 +33,7 @@ from .noise import NoiseSampler
 from .offline import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, CertifySettings, certify_from_log, guess_from_records, predict_from_log
 from .providers.base import Provider, create_provider
 from .providers.callable import CallableProvider
-from .query_logs.records import CallHeader, CallLog, QueryRecord, dumps_raw
+from .query_logs.records import CallHeader, CallLog, QueryRecord
 from .query_logs.store import QueryLog, open_store
 from .results import Certificate, Prediction
 from .validation import check_alpha, check_noise_sd, check_sample_count, check_seed
@@ -136,7 +137,26 @@ class RobustAPI:
             None = bundled Fashion-MNIST CNN) and its label names.
         label_fn: for a callable provider: raw response → str label.
         batch_size: images per provider request (default: the provider's maximum).
-        **provider_options: passed to the registered provider's constructor.
+        concurrency: requests in flight at most (default: the provider's — 16 for the cloud
+            providers, 1 for local models and callables); 1 sends one request at a time in
+            the calling thread, as the predecessor did.
+        rate_limit: requests per second at most (default: the provider's documented quota,
+            see the README; ``math.inf`` for none). Shared by every RobustAPI of this
+            process that talks to the same provider.
+        retry: a :class:`~robust_api.dispatch.RetryPolicy` or a number of attempts per query
+            (default 6). Throttling, 5xx, timeouts, dropped connections and malformed bodies
+            are retried with exponential backoff and jitter, honouring Retry-After; a query
+            that still fails is recorded as an error and counts as a vote against the top
+            class (``Certificate.errors`` says how many).
+        max_queries, max_cost_usd: hard caps on what this object ever sends (retries
+            included) and its list price. A fixed-N call that would cross one is refused
+            before its first query; a sequential call stops early ("ended"); no cap is
+            crossed, however many requests are in flight.
+        progress: a tqdm progress bar on stderr: True, False, or None (only for calls of
+            ≥ 500 queries on an interactive terminal).
+        **provider_options: passed to the registered provider's constructor (for the cloud
+            providers: ``endpoint=``, ``timeout_s=``, ``resize=``, credentials ...; see
+            the README's provider sections).
     """
 
     def __init__(
@@ -152,10 +172,27 @@ class RobustAPI:
         class_names: Optional[Sequence[str]] = None,
         label_fn: Optional[Callable[[Any], str]] = None,
         batch_size: Optional[int] = None,
+        concurrency: Optional[int] = None,
+        rate_limit: Optional[float] = None,
+        retry: Union[RetryPolicy, int, None] = None,
+        max_queries: Optional[int] = None,
+        max_cost_usd: Optional[float] = None,
+        progress: Optional[bool] = None,
         **provider_options: Any,
     ):
         if batch_size is not None:
             batch_size = check_sample_count(batch_size, "batch_size")
+        if concurrency is not None:
+            concurrency = check_sample_count(concurrency, "concurrency")
+        if rate_limit is not None and not (isinstance(rate_limit, (int, float)) and not isinstance(rate_limit, bool)
+                                           and rate_limit > 0):
+            raise InvalidParameterError(
+                f"rate_limit must be a positive number of requests per second (math.inf for none), got {rate_limit!r}"
+            )
+        if progress is not None and not isinstance(progress, bool):
+            raise InvalidParameterError(f"progress must be True, False or None, got {progress!r}")
+        self.retry = RetryPolicy.coerce(retry)
+        self.budget = Budget(max_queries, max_cost_usd)
         self.online = bool(online)
         self.seed = None if seed is None else check_seed(seed)
         self.provider_name = provider if isinstance(provider, str) else getattr(provider, "identity", None)
@@ -171,6 +208,17 @@ class RobustAPI:
             return
         self.provider = self._make_provider(provider, model, class_names, label_fn, batch_size, device, provider_options)
         self.denoiser = _make_denoiser(denoiser, device)
+        self._denoise_lock = threading.Lock()
+        rate = self.provider.default_rate_limit if rate_limit is None else rate_limit
+        limiter = None if rate is None or math.isinf(rate) else shared_rate_limiter(self.provider.identity, rate)
+        self.dispatcher = Dispatcher(
+            self.provider,
+            concurrency=concurrency or self.provider.default_concurrency,
+            rate_limiter=limiter,
+            retry=self.retry,
+            budget=self.budget,
+            progress=progress,
+        )
         self.log = open_store(log)
 
     @staticmethod
@@ -190,6 +238,31 @@ class RobustAPI:
     def __repr__(self) -> str:
         mode = "online" if self.online else "offline"
         return f"RobustAPI({self.provider_name!r}, {mode}, log={getattr(self.log, 'path', None)!r})"
+
+    @property
+    def spent(self) -> Spending:
+        """Running totals of this object: queries sent (retries included, throttled attempts
+        and answers reused from the log not) and their list price in USD."""
+        return self.budget.spent
+
+    @property
+    def concurrency(self) -> Optional[int]:
+        return self.dispatcher.concurrency if self.online else None
+
+    @property
+    def rate_limiter(self) -> Optional[RateLimiter]:
+        return self.dispatcher.rate_limiter if self.online else None
+
+    def close(self) -> None:
+        """Stop the worker threads (the log and the provider stay usable; a later call restarts them)."""
+        if self.online:
+            self.dispatcher.close()
+
+    def __enter__(self) -> "RobustAPI":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- public API ----------------------------------------------------------------------
     def predict(
@@ -229,7 +302,9 @@ class RobustAPI:
         phase = "clean" if noise_sd == 0 else "predict"
         if noise_sd == 0 and N > 1:
             logger.warning("noise_sd=0 with N=%d sends %d identical clean queries", N, N)
-        call = self._open_call(image, "predict", noise_sd, seed, {"N": N, "alpha": alpha})
+        canonical = self._check_image(image, noise_sd)
+        self.budget.check_fits(N, self.provider.cost_per_query_usd, f"predict with N={N}")
+        call = self._open_call(canonical, "predict", noise_sd, seed, {"N": N, "alpha": alpha}, checked=True)
         with call:
             call.query(phase, 0, N)
         return predict_from_log(call.logs(), N=N, alpha=alpha, queries=call.queries, offline=False)
@@ -296,7 +371,13 @@ class RobustAPI:
             )
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
-        call = self._open_call(image, "certify", settings.noise_sd, seed, settings.params())
+        canonical = self._check_image(image, settings.noise_sd)
+        if settings.method == "sequential":  # it stops early ("ended") when the caps leave no room for a look
+            needed, what = settings.selection_queries + settings.rule().looks()[0], "the first look of a sequential certify"
+        else:
+            needed, what = settings.selection_queries + settings.N, f"certify with {settings.selection_queries} + N={settings.N}"
+        self.budget.check_fits(needed, self.provider.cost_per_query_usd, what)
+        call = self._open_call(canonical, "certify", settings.noise_sd, seed, settings.params(), checked=True)
         with call:
             guess = self._select(call, settings)
             if guess is None:
@@ -366,6 +447,8 @@ class RobustAPI:
             )
         params = {**settings.params(), "total_queries": total_queries}
         canonical = [self._check_image(image, settings.noise_sd) for image in images]
+        self.budget.check_fits(per_image * len(images), self.provider.cost_per_query_usd,
+                               "certify_batch's selections and first looks")
         calls = [self._open_call(image, "certify", settings.noise_sd, seed, params, checked=True) for image in canonical]
         spent = 0
         try:
@@ -382,7 +465,7 @@ class RobustAPI:
                 active.sort(key=lambda run: -run.gain_per_query())
                 run = active[0]
                 step = run.next_look() - run.n
-                if spent + step > total_queries:
+                if spent + step > total_queries or not run.fits_budget(self):
                     active.pop(0)  # this image's next look does not fit: it ends here
                     continue
                 spent += step
@@ -395,6 +478,72 @@ class RobustAPI:
         for call in calls:
             call.close("complete")
         return [certify_from_log(call.logs(), alpha=settings.alpha, queries=call.queries, offline=False) for call in calls]
+
+    def certify_many(
+        self,
+        images: Sequence[Any],
+        noise_sd: Optional[float] = None,
+        N0: Optional[int] = None,
+        N: Optional[int] = None,
+        alpha: Optional[float] = None,
+        *,
+        seed: Optional[int] = None,
+        method: Optional[str] = None,
+        selection: Optional[str] = None,
+        radius: Optional[float] = None,
+        tolerance: Optional[float] = None,
+        parallel: Optional[int] = None,
+    ) -> list[Certificate]:
+        """Certify several images, several at a time, each exactly as :meth:`certify` would.
+
+        The calls share this object's limits (``concurrency`` requests in flight, the rate
+        limit, the caps), so a one-image-per-request API is kept busy up to its rate limit
+        instead of idling between one image's phases.
+
+        Args:
+            images: a sequence of images (see :meth:`predict`); all are checked, and the
+                whole set is checked against the caps (fixed-N methods), before any query.
+            noise_sd, N0, N, alpha, seed, method, selection, radius, tolerance: as in
+                :meth:`certify`, for every image.
+            parallel: images in progress at once (default: ``concurrency``, capped at the
+                number of images; 1 certifies them one after the other).
+
+        Returns:
+            One :class:`Certificate` per image, in order; each holds with probability ≥ 1 − α
+            on its own (as one :meth:`certify` call).
+
+        Raises:
+            The first error of any image, after the images already in progress have finished
+            (their queries are in the log).
+        """
+        if not self.online:
+            raise OfflineModeError("certify_many sends queries; re-certify logged calls one by one with certify(logs)")
+        if isinstance(images, (str, bytes, os.PathLike, np.ndarray)) or not isinstance(images, Sequence) or not images:
+            raise InvalidParameterError(
+                "images must be a non-empty list of images (for a NumPy stack of images pass list(stack))"
+            )
+        if parallel is not None:
+            parallel = check_sample_count(parallel, "parallel")
+        alpha = DEFAULT_ALPHA if alpha is None else alpha
+        settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
+        canonical = [self._check_image(image, settings.noise_sd) for image in images]
+        if settings.method != "sequential":
+            needed = (settings.selection_queries + settings.N) * len(images)
+            self.budget.check_fits(needed, self.provider.cost_per_query_usd, f"certifying {len(images)} images")
+        workers = min(len(images), parallel or self.dispatcher.concurrency)
+        options = dict(noise_sd=settings.noise_sd, N0=N0, N=N, alpha=alpha, seed=seed, method=method,
+                       selection=selection, radius=radius, tolerance=tolerance)
+        if workers <= 1:
+            return [self.certify(image, **options) for image in canonical]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robust-api-image") as pool:
+            futures = [pool.submit(self.certify, image, **options) for image in canonical]
+            failures = [f.exception() for f in futures]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+        return [future.result() for future in futures]
 
     def _select(self, call: "_Call", settings: "CertifySettings") -> Optional[str]:
         """Run the selection step; return the guessed class ĉ (None: nothing to certify)."""
@@ -476,77 +625,57 @@ class RobustAPI:
             logger.info("%s: reused %d logged %s answers", header.run_id, len(reusable), phase)
         missing = [i for i in range(start, stop) if i not in reusable]
         if missing:
-            noise_sd = 0.0 if phase == "clean" else header.noise_sd
-            sampler = NoiseSampler(image, header.image_digest, header.seed, phase, noise_sd)
-            batch = min(self.batch_size or self.provider.max_batch_size, self.provider.max_batch_size)
-            # Noise is generated and denoised a block at a time (bounded host memory), and each block
-            # is cut into provider-sized requests: a one-image-per-request API still gets a batched
-            # denoiser.
-            # Clean queries send the image as it is: a denoiser is for noisy copies (and the
-            # provider's label on the clean image is the predecessor's reference label).
-            denoise = self.denoiser is not None and phase != "clean"
-            block = max(batch, _denoise_block_size(image.shape)) if denoise else batch
-            for first, last in _contiguous_runs(missing, block):
-                images = sampler.noisy(first, last)
-                if denoise:
-                    images = self._denoise(images)
-                for offset in range(0, last - first, batch):
-                    sent = self._send_batch(header, phase, first + offset, images[offset : offset + batch])
-                    records.update((r.sample_index, r) for r in sent)
+            batches = self._batches(header, image, phase, missing)
+
+            def record(batch_records: Sequence[QueryRecord]) -> None:
+                self._append(header, batch_records)
+                records.update((r.sample_index, r) for r in batch_records)
+
+            self.dispatcher.run(phase, batches, len(missing), record)
         return [records[i] for i in range(start, stop)]
+
+    def _batches(self, header: CallHeader, image: np.ndarray, phase: str, missing: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(first sample index, images [B, H, W, C]) per provider request, generated lazily.
+
+        Noise is generated and denoised a block at a time (bounded host memory), and each
+        block is cut into provider-sized requests: a one-image-per-request API still gets a
+        batched denoiser. Clean queries send the image as it is: a denoiser is for noisy
+        copies (and the provider's label on the clean image is the predecessor's reference).
+        """
+        noise_sd = 0.0 if phase == "clean" else header.noise_sd
+        sampler = NoiseSampler(image, header.image_digest, header.seed, phase, noise_sd)
+        batch = min(self.batch_size or self.provider.max_batch_size, self.provider.max_batch_size)
+        denoise = self.denoiser is not None and phase != "clean"
+        block = max(batch, _denoise_block_size(image.shape)) if denoise else batch
+        for first, last in _contiguous_runs(missing, block):
+            images = sampler.noisy(first, last)
+            if denoise:
+                images = self._denoise(images)
+            for offset in range(0, last - first, batch):
+                yield first + offset, images[offset : offset + batch]
 
     def _denoise(self, images: np.ndarray) -> np.ndarray:
         try:
-            return self.denoiser(images)
+            with self._denoise_lock:  # a user's denoiser need not be thread-safe (certify_many)
+                return self.denoiser(images)
         except RobustAPIError:
             raise
         except Exception as exc:
             raise DenoiserError(f"the denoiser failed: {type(exc).__name__}: {exc}") from exc
 
-    def _send_batch(self, header: CallHeader, phase: str, start: int, images: np.ndarray) -> list[QueryRecord]:
-        provider = self.provider
-        began = time.perf_counter()
-        answers: Optional[Sequence[Any]] = None
-        try:
-            answers = provider.send(images)
-            latency = time.perf_counter() - began
-            now = time.time()
-            cost = provider.cost_per_query_usd
-            records = [
-                QueryRecord(phase, start + offset, provider.parse(raw), raw, latency, cost, now)
-                for offset, raw in enumerate(answers)
-            ]
-        except BaseException as exc:
-            self._record_failure(header, phase, start, images, answers, time.perf_counter() - began, exc)
-            if isinstance(exc, RobustAPIError) or not isinstance(exc, Exception):
-                raise
-            raise ProviderError(f"{provider.identity} failed: {type(exc).__name__}: {exc}") from exc
+    def _append(self, header: CallHeader, records: Sequence[QueryRecord]) -> None:
+        """Write one batch's final records; a raw answer the store refuses (not plain data)
+        turns the batch into error records and fails the call."""
         try:
             self.log.append(header.run_id, records)
-        except ProviderResponseError as exc:  # the store refused a raw response (not plain data): the batch failed
-            self._record_failure(header, phase, start, images, answers, latency, exc)
-            raise
-        return records
-
-    def _record_failure(self, header, phase, start, images, answers, latency, exc) -> None:
-        """Log the failed batch as error records (never as votes), so the log shows what happened."""
-        matched = answers is not None and len(answers) == len(images)
-        message = f"{type(exc).__name__}: {exc}"
-        now = time.time()
-        records = []
-        for offset in range(len(images)):
-            raw = answers[offset] if matched else None
+        except ProviderResponseError as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            failed = [replace(r, label=None, raw=None, error=r.error or message) for r in records]
             try:
-                dumps_raw(raw)
-            except ProviderResponseError:
-                raw = None
-            records.append(
-                QueryRecord(phase, start + offset, None, raw, latency, self.provider.cost_per_query_usd, now, message)
-            )
-        try:
-            self.log.append(header.run_id, records)
-        except Exception:  # the original error matters more than a failed write of its trace
-            logger.exception("could not record the failed batch of call %s", header.run_id)
+                self.log.append(header.run_id, failed)
+            except Exception:  # the original error matters more than a failed write of its trace
+                logger.exception("could not record the failed batch of call %s", header.run_id)
+            raise
 
 
 class _Call:
@@ -599,8 +728,17 @@ class _SequentialRun:
     def next_look(self) -> int:
         return self.looks[self.position]
 
+    def fits_budget(self, api: RobustAPI) -> bool:
+        """True when the next look fits what the caps of ``api`` leave."""
+        left = api.budget.queries_left(api.provider.cost_per_query_usd)
+        return left is None or self.next_look() - self.n <= left
+
     def advance(self, api: RobustAPI) -> Optional[str]:
-        """Query up to the next look and apply the rule; return the stop reason or None."""
+        """Query up to the next look and apply the rule; return the stop reason or None
+        ("ended" without a query when the budget caps leave no room for the look)."""
+        if not self.fits_budget(api):
+            logger.info("%s: the budget caps leave no room for the next look; stopping", self.call.header.run_id)
+            return "ended"
         look = self.next_look()
         records = self.call.query("estimation", self.n, look)
         self.successes += sum(r.error is None and r.label == self.guess for r in records)

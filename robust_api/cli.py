@@ -7,6 +7,8 @@ Examples::
     robust-api plan --noise-sd 0.25 --radius 0.5
     robust-api recertify query_logs/queries.sqlite3 --alpha 0.01
     robust-api export query_logs/queries.sqlite3 queries.jsonl
+    robust-api emulate google --port 0 --latency-ms 100 --fail-rate 0.1
+    robust-api certify img.png --provider google --endpoint http://127.0.0.1:PORT --noise-sd 0.25
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ def _certificate_json(name: str, cert) -> dict[str, Any]:
 
 
 def _build_api(args: argparse.Namespace) -> RobustAPI:
+    options: dict[str, Any] = {}
+    if args.endpoint is not None:
+        options["endpoint"] = args.endpoint
+    if args.resize is not None:
+        options["resize"] = args.resize
+    if args.timeout is not None:
+        options["timeout_s"] = args.timeout
     return RobustAPI(
         args.provider,
         denoiser=args.denoiser,
@@ -87,6 +96,13 @@ def _build_api(args: argparse.Namespace) -> RobustAPI:
         device=args.device,
         model=args.model,
         batch_size=args.batch_size,
+        concurrency=args.concurrency,
+        rate_limit=args.rate_limit,
+        retry=args.attempts,
+        max_queries=args.max_queries,
+        max_cost_usd=args.max_cost,
+        progress=False if args.no_progress else None,
+        **options,
     )
 
 
@@ -238,6 +254,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < math.inf:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0 or math.isnan(value):
@@ -258,6 +281,43 @@ def _add_online_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible noise (default: fresh per call)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="images per provider request")
     parser.add_argument("--alpha", type=_probability, default=DEFAULT_ALPHA, help="failure probability (default 0.001)")
+    cloud = parser.add_argument_group("remote providers (google, aws, azure, clarifai, http)")
+    cloud.add_argument("--endpoint", default=None, help="another server speaking the provider's protocol (e.g. an emulator)")
+    cloud.add_argument("--resize", choices=["fit"], default=None, help="scale query images into the provider's size limits")
+    cloud.add_argument("--timeout", type=_positive_float, default=None, help="seconds per request (default 30)")
+    cloud.add_argument("--concurrency", type=_positive_int, default=None, help="requests in flight (default: the provider's)")
+    cloud.add_argument("--rate-limit", type=_positive_float, default=None, help="requests per second (default: the provider's quota)")
+    cloud.add_argument("--attempts", type=_positive_int, default=None, help="attempts per query, retries included (default 6)")
+    cloud.add_argument("--max-queries", type=_positive_int, default=None, help="never send more queries than this")
+    cloud.add_argument("--max-cost", type=_positive_float, default=None, help="never spend more USD (list price) than this")
+    cloud.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_emulate(args: argparse.Namespace) -> int:
+    from .emulators import start
+
+    faults = {}
+    for item in args.fault or []:
+        kind, _, rate = item.partition("=")
+        try:
+            faults[kind] = float(rate)
+        except ValueError:
+            raise RobustAPIError(f"--fault takes KIND=RATE (e.g. throttle=0.05), got {item!r}") from None
+    endpoint = start(
+        args.name, host=args.host, port=args.port, protocol=args.protocol, latency_ms=args.latency_ms,
+        fail_rate=args.fail_rate, faults=faults or None, seed=args.seed, api_key=os.environ.get(args.key_env) if args.key_env else None,
+        rate_limit=args.rate_limit,
+    )
+    print(endpoint, flush=True)
+    print(f"robust-api: {args.name} emulator listening; Ctrl-C stops it", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        endpoint.stop()
+    return 0
 
 
 def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
@@ -328,6 +388,21 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     )
     planner.add_argument("--json", action="store_true", help="print JSON instead of a table")
     planner.set_defaults(handler=_cmd_plan)
+
+    emulate = commands.add_parser(
+        "emulate", help="serve a provider's wire protocol locally (for tests and dry runs; prints the endpoint)"
+    )
+    emulate.add_argument("name", choices=["google", "aws", "azure", "clarifai", "http"], help="which provider")
+    emulate.add_argument("--protocol", default=None, help="google: rest (default) or grpc; clarifai: grpc (default) or json")
+    emulate.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default 127.0.0.1)")
+    emulate.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    emulate.add_argument("--latency-ms", type=float, default=0.0, help="delay before every answer, ms")
+    emulate.add_argument("--fail-rate", type=float, default=0.0, help="probability of a fault per request")
+    emulate.add_argument("--fault", action="append", help="KIND=RATE, e.g. throttle=0.05 (repeatable)")
+    emulate.add_argument("--rate-limit", type=_positive_float, default=None, help="requests per second it accepts")
+    emulate.add_argument("--key-env", default=None, help="require the credential held in this environment variable")
+    emulate.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    emulate.set_defaults(handler=_cmd_emulate)
 
     denoisers = commands.add_parser("denoisers", help="list the shipped denoisers")
     denoisers.set_defaults(handler=_cmd_denoisers)

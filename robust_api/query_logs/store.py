@@ -154,44 +154,51 @@ class MemoryQueryLog(QueryLog):
         self._records: dict[str, list[QueryRecord]] = {}
         self._keys: dict[str, set[tuple[str, int]]] = {}
         self._status: dict[str, str] = {}
+        self._lock = threading.RLock()  # calls of several threads (certify_many) share one log
 
     def begin_call(self, header: CallHeader) -> None:
-        if header.run_id in self._headers:
-            raise LogIntegrityError(f"run id {header.run_id} already in the log")
-        self._headers[header.run_id] = header
-        self._records[header.run_id] = []
-        self._keys[header.run_id] = set()
-        self._status[header.run_id] = "running"
+        with self._lock:
+            if header.run_id in self._headers:
+                raise LogIntegrityError(f"run id {header.run_id} already in the log")
+            self._headers[header.run_id] = header
+            self._records[header.run_id] = []
+            self._keys[header.run_id] = set()
+            self._status[header.run_id] = "running"
 
     def append(self, run_id: str, records: Sequence[QueryRecord]) -> None:
-        seen = self._keys[run_id]
-        for record in records:
-            if record.raw is not None:
-                dumps_raw(record.raw)  # same contract as the SQLite store: raw responses are plain data
-        keys = [(record.phase, record.sample_index) for record in records]
-        if len(set(keys)) != len(keys) or not seen.isdisjoint(keys):
-            raise LogIntegrityError(f"call {run_id}: a sample index was recorded twice")
-        seen.update(keys)
-        self._records[run_id].extend(records)
+        with self._lock:
+            seen = self._keys[run_id]
+            for record in records:
+                if record.raw is not None:
+                    dumps_raw(record.raw)  # same contract as the SQLite store: raw responses are plain data
+            keys = [(record.phase, record.sample_index) for record in records]
+            if len(set(keys)) != len(keys) or not seen.isdisjoint(keys):
+                raise LogIntegrityError(f"call {run_id}: a sample index was recorded twice")
+            seen.update(keys)
+            self._records[run_id].extend(records)
 
     def finish_call(self, run_id: str, status: str) -> None:
-        self._status[run_id] = status
+        with self._lock:
+            self._status[run_id] = status
 
     def load_call(self, run_id: str) -> CallLog:
-        return CallLog(self._headers[run_id], tuple(self._records[run_id]), self._status[run_id])
+        with self._lock:
+            return CallLog(self._headers[run_id], tuple(self._records[run_id]), self._status[run_id])
 
     def run_ids(self) -> list[str]:
-        return list(self._headers)
+        with self._lock:
+            return list(self._headers)
 
     def find_reusable(self, header: CallHeader, phase: str, count: int) -> dict[int, QueryRecord]:
-        found: dict[int, QueryRecord] = {}
-        for run_id, other in self._headers.items():
-            if run_id == header.run_id or not _same_source(header, other):
-                continue
-            for record in self._records[run_id]:
-                if record.phase == phase and record.error is None and record.sample_index < count:
-                    found.setdefault(record.sample_index, record)
-        return found
+        with self._lock:
+            found: dict[int, QueryRecord] = {}
+            for run_id, other in self._headers.items():
+                if run_id == header.run_id or not _same_source(header, other):
+                    continue
+                for record in self._records[run_id]:
+                    if record.phase == phase and record.error is None and record.sample_index < count:
+                        found.setdefault(record.sample_index, record)
+            return found
 
 
 class SQLiteQueryLog(QueryLog):
