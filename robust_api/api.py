@@ -226,7 +226,11 @@ class RobustAPI:
         if isinstance(provider, Provider):
             return provider
         if isinstance(provider, str):
-            extra = {"model": model, "class_names": class_names, "device": device, "batch_size": batch_size}
+            # device and batch_size are this object's own settings too (the denoiser's device, the
+            # request size); only the local model also takes them
+            extra = {"model": model, "class_names": class_names}
+            if provider == "local":
+                extra.update(device=device, batch_size=batch_size)
             options = {**{k: v for k, v in extra.items() if v is not None}, **options}
             return create_provider(provider, **options)
         if callable(provider):

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError, UnknownProviderError
 
-__all__ = ["Provider", "QueryFailure", "register_provider", "known_providers", "create_provider", "ENTRY_POINT_GROUP"]
+__all__ = ["Provider", "QueryFailure", "register_provider", "known_providers", "create_provider", "provider_factory", "ENTRY_POINT_GROUP"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,14 @@ def _resolve(name: str) -> Callable[..., Provider]:
             f"provider {name!r} needs a package that is not installed ({exc.name}). {hint}".strip()
         ) from exc
     return getattr(module, attribute)
+
+
+def provider_factory(name: str) -> Callable[..., Provider]:
+    """The class (or factory) registered under ``name``, imported on demand (its class
+    attributes such as ``default_rate_limit`` can be read without building a provider)."""
+    if not isinstance(name, str):
+        raise UnknownProviderError(f"provider name must be a string, got {type(name).__name__}")
+    return _resolve(name)
 
 
 def create_provider(name: str, **options: Any) -> Provider:

@@ -24,11 +24,20 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..errors import InvalidImageError, InvalidParameterError, ProviderResponseError
+from ..errors import InvalidImageError, InvalidParameterError, ProviderResponseError, TransientProviderError
 from ..pricing import price_per_query
 from .base import Provider, QueryFailure
 
-__all__ = ["CloudProvider", "ImageLimits", "NO_LABEL", "top_label", "env_endpoint", "is_loopback_url"]
+__all__ = [
+    "CloudProvider",
+    "ImageLimits",
+    "NO_LABEL",
+    "top_label",
+    "env_endpoint",
+    "is_loopback_url",
+    "retry_after_seconds",
+    "unit_score",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +86,66 @@ def env_endpoint(variable: str) -> Optional[str]:
 
 
 def is_loopback_url(url: str) -> bool:
+    """True when ``url`` (with or without a scheme) names this machine (localhost, 127.0.0.1, ::1)."""
     host = urlsplit(url if "://" in url else f"//{url}").hostname or ""
     return host in ("localhost", "127.0.0.1", "::1")
+
+
+def retry_after_seconds(value: Any) -> Optional[float]:
+    """Seconds to wait from a Retry-After value.
+
+    Args:
+        value: a header value — delta-seconds (``"2"``, ``"0.5"``) or an HTTP-date — or a
+            number; None or anything unreadable gives None.
+
+    Returns:
+        seconds ≥ 0 (an HTTP-date in the past gives 0.0), or None.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        if not text:
+            return None
+        try:
+            seconds = float(text)
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+            from datetime import datetime, timezone
+
+            try:
+                when = parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when is None:
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def unit_score(value: Any, scale: float = 1.0) -> float:
+    """A label score as a float in [0, 1]: ``value / scale``.
+
+    Args:
+        value: a real number (not a bool), e.g. 0.97 or, with ``scale=100``, 97.0.
+        scale: what ``value`` is a fraction of (1 for probabilities, 100 for percentages).
+
+    Raises:
+        TypeError: not a number. ValueError: not finite or outside [0, 1] by more than 1e-6
+        (values within that tolerance, e.g. float32 rounding, are clipped).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"score must be a number, got {type(value).__name__}")
+    score = float(value) / scale
+    if not math.isfinite(score) or score < -1e-6 or score > 1.0 + 1e-6:
+        raise ValueError(f"score {value!r} outside [0, {scale:g}]")
+    return min(1.0, max(0.0, score))
 
 
 def _worst_case_png_bytes(height: int, width: int, channels: int) -> int:
@@ -154,13 +221,22 @@ class CloudProvider(Provider):
             self._secrets.append(str(value))
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in getattr(self, "_secrets", ()):  # also safe on a half-built object
             if secret and secret in text:
                 text = text.replace(secret, "***")
         return text
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(identity={self.identity!r}, endpoint={self.endpoint or 'default'!r})"
+        endpoint = getattr(self, "endpoint", None)
+        return self.redact(f"{type(self).__name__}(identity={self.identity!r}, endpoint={endpoint or 'default'!r})")
+
+    def _transient(self, kind: str, message: str, retry_after: Optional[float] = None) -> TransientProviderError:
+        """A :class:`TransientProviderError` of ``kind`` with a redacted message (to ``raise``)."""
+        return TransientProviderError(kind, self.redact(message), retry_after)
+
+    def _failure(self, kind: str, message: str, retry_after: Optional[float] = None) -> QueryFailure:
+        """A :class:`QueryFailure` for one image's slot, with a redacted message."""
+        return QueryFailure(kind, self.redact(message), retry_after)
 
     def _identity(self, base: str) -> str:
         """``base``, plus ``@host:port`` when an endpoint override is in use (answers of an

@@ -1,0 +1,387 @@
+"""Clarifai model predictions (``clarifai-grpc``) as a provider.
+
+One ``PostModelOutputs`` call carries up to 128 images. The stored raw response of an image
+is its ``Output`` as ``MessageToDict(..., preserving_proto_field_name=True)``, kept to the
+fields that matter::
+
+    {"status": {"code": "SUCCESS", ...},
+     "data": {"concepts": [{"id": "ai_1", "name": "cat", "value": 0.98}, ...]},
+     "model": {"id": "general-image-recognition", "model_version": {"id": "aa7f..."}}}
+
+Service errors are status codes in the answer, not exceptions; transport errors are
+``grpc.RpcError``. Clarifai's own gRPC channels carry a service-config retry policy (up to 5
+attempts on UNAVAILABLE, 0.01–5 s backoff) that cannot be switched off through
+``ClarifaiChannel``; it only covers UNAVAILABLE, and the dispatcher still sees the final
+failure. The JSON channel (``http(s)://`` endpoints) takes no per-call timeout, so this
+adapter mounts its own HTTP adapter on that channel's session with ``timeout_s`` and no
+connection retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+from urllib.parse import urlsplit
+
+from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError
+from .base import QueryFailure
+from .cloud import CloudProvider, ImageLimits, Labels, retry_after_seconds, unit_score
+
+try:
+    import grpc
+    import requests
+    from clarifai_grpc.channel.clarifai_channel import ClarifaiChannel
+    from clarifai_grpc.channel.errors import ApiError
+    from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
+    from clarifai_grpc.grpc.api.status import status_code_pb2
+    from google.protobuf.json_format import MessageToDict
+except ImportError as _exc:
+    raise MissingDependencyError(
+        f"the clarifai provider needs clarifai-grpc ({_exc.name} is missing). "
+        "Install it with: pip install 'robust-api[clarifai]'",
+        name=_exc.name,
+    ) from _exc
+
+__all__ = ["ClarifaiProvider"]
+
+logger = logging.getLogger(__name__)
+
+PAT_ENVS = ("CLARIFAI_PAT", "CLARIFAI_API_KEY")
+
+_SUCCESS = 10000
+_MIXED = 10010
+_FAILURE = 10020
+_THROTTLED = {11005, 11003, 11006}
+_CREDENTIALS = {11000, 11001, 11002, 11007, 11008, 11009, 11200}
+_TIMEOUT = {40032, 98009, 21310}
+_CONNECTION = {40034}
+_SERVER = {10030, 21351, 21352, 21354, 21355, 40011, 40013, 40015, 40016, 40030, 40031, 99009}
+
+_CREDENTIALS_HELP = (
+    "set CLARIFAI_PAT (or CLARIFAI_API_KEY) to a Personal Access Token from clarifai.com "
+    "(Settings → Secrets), or pass pat="
+)
+
+# ClarifaiChannel.get_*_channel sets a module-global deserializer that V2Stub reads when
+# built: a channel and its stub are made together under this lock.
+_STUB_LOCK = threading.Lock()
+
+
+def _code_kind(code: int) -> Optional[str]:
+    """The transient kind of a Clarifai status code, or None when retrying would not help."""
+    if code in _THROTTLED:
+        return "throttled"
+    if code in _TIMEOUT:
+        return "timeout"
+    if code in _CONNECTION:
+        return "connection"
+    if code in _SERVER or 98000 <= code < 99000:
+        return "server"
+    return None
+
+
+def _code_name(code: int) -> str:
+    try:
+        return status_code_pb2.StatusCode.Name(code)
+    except ValueError:
+        return str(code)
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks registered secrets in records of the ``clarifai`` logger (its JSON channel
+    logs request headers, the PAT included, at DEBUG)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            try:
+                message = record.getMessage()
+            except Exception:
+                return True
+            if any(secret in message for secret in self.secrets):
+                for secret in self.secrets:
+                    message = message.replace(secret, "***")
+                record.msg, record.args = message, ()
+        return True
+
+
+_LOG_FILTER = _RedactingFilter()
+logging.getLogger("clarifai").addFilter(_LOG_FILTER)
+
+
+class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """An HTTP adapter that gives every request ``timeout`` seconds (when none is given)."""
+
+    def __init__(self, timeout: float, **kwargs: Any):
+        self._timeout = timeout
+        super().__init__(**kwargs)
+
+    def send(self, request, **kwargs):  # noqa: D102 - requests' signature
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout
+        return super().send(request, **kwargs)
+
+
+class ClarifaiProvider(CloudProvider):
+    """A Clarifai image model (default: the public ``general-image-recognition``).
+
+    Args:
+        pat: Personal Access Token (default: env ``CLARIFAI_PAT``, then ``CLARIFAI_API_KEY``).
+        user_id, app_id: owner of the model (default ``"clarifai"`` / ``"main"``).
+        model_id: the model (default ``"general-image-recognition"``).
+        version_id: a model version to pin (default None: the model's current version).
+        **kwargs: :class:`~robust_api.providers.cloud.CloudProvider` options. Endpoints:
+            ``grpc://host:port`` → insecure gRPC; ``grpcs://host:port`` → gRPC over TLS;
+            ``http(s)://...`` → Clarifai's JSON/REST channel; none → ``api.clarifai.com`` over
+            gRPC with TLS. ``timeout_s`` (default 30) bounds every call.
+
+    Up to 128 images per request (``max_batch_size``); images up to 20 MB; default rate limit
+    15 requests/s (Clarifai's documented limit on every plan).
+
+    Raises:
+        CredentialsError: no PAT (here, before any query).
+    """
+
+    name = "clarifai"
+    ENDPOINT_ENV = "ROBUST_API_CLARIFAI_ENDPOINT"
+    max_batch_size = 128
+    default_rate_limit = 15.0
+    limits = ImageLimits(
+        max_bytes=20 * 1000 * 1000,
+        formats=("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"),
+        source="docs.clarifai.com: up to 128 inputs per call, each image under 20 MB",
+    )
+
+    def __init__(
+        self,
+        *,
+        pat: Optional[str] = None,
+        user_id: str = "clarifai",
+        app_id: str = "main",
+        model_id: str = "general-image-recognition",
+        version_id: Optional[str] = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        for option, value in (("user_id", user_id), ("app_id", app_id), ("model_id", model_id)):
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidParameterError(f"{option} must be a non-empty string, got {value!r}")
+        if version_id is not None and (not isinstance(version_id, str) or not version_id.strip()):
+            raise InvalidParameterError(f"version_id must be None or a non-empty string, got {version_id!r}")
+        if pat is not None and (not isinstance(pat, str) or not pat.strip()):
+            raise InvalidParameterError("pat must be a non-empty string")
+        if pat is None:
+            for variable in PAT_ENVS:
+                value = os.environ.get(variable, "").strip()
+                if value:
+                    pat = value
+                    break
+        if pat is None:
+            raise CredentialsError(f"clarifai: no Personal Access Token found; {_CREDENTIALS_HELP}")
+        pat = pat.strip()
+        self._add_secret(pat)
+        _LOG_FILTER.secrets.add(pat)
+        self._metadata = (("authorization", "Key " + pat),)
+        self.user_id, self.app_id, self.model_id, self.version_id = user_id, app_id, model_id, version_id
+        base = f"clarifai:{user_id}/{app_id}/{model_id}" + (f"@{version_id}" if version_id else "")
+        self.identity = self._identity(base)
+        self._json = False
+        endpoint = self.endpoint
+        with _STUB_LOCK:
+            if not endpoint:
+                channel = ClarifaiChannel.get_grpc_channel()
+            else:
+                parts = urlsplit(endpoint if "://" in endpoint else f"grpcs://{endpoint}")
+                scheme = parts.scheme.lower()
+                if scheme in ("http", "https"):
+                    channel = ClarifaiChannel.get_json_channel(base_url=endpoint.rstrip("/"))
+                    adapter = _TimeoutAdapter(self.timeout_s, max_retries=0, pool_connections=32, pool_maxsize=32)
+                    channel.session.mount("http://", adapter)
+                    channel.session.mount("https://", adapter)
+                    self._json = True
+                elif scheme in ("grpc", "grpcs"):
+                    if not parts.hostname:
+                        raise InvalidParameterError(f"clarifai endpoint has no host: {endpoint!r}")
+                    if scheme == "grpc":
+                        channel = ClarifaiChannel.get_insecure_grpc_channel(
+                            base=parts.hostname, port=parts.port or 18080
+                        )
+                    else:
+                        channel = ClarifaiChannel.get_grpc_channel(base=parts.netloc)
+                else:
+                    raise InvalidParameterError(
+                        f"clarifai endpoint must start with grpc://, grpcs://, http:// or https://, got {endpoint!r}"
+                    )
+            self._stub = service_pb2_grpc.V2Stub(channel)
+        self._channel = channel
+        logger.debug("clarifai provider %s (%s channel)", self.identity, "json" if self._json else "gRPC")
+
+    # -- I/O -----------------------------------------------------------------------------
+    def _request(self, images: list[bytes]) -> "service_pb2.PostModelOutputsRequest":
+        output_config = resources_pb2.OutputConfig(max_concepts=self.max_labels, min_value=0.0)
+        request = service_pb2.PostModelOutputsRequest(
+            user_app_id=resources_pb2.UserAppIDSet(user_id=self.user_id, app_id=self.app_id),
+            model_id=self.model_id,
+            inputs=[resources_pb2.Input(data=resources_pb2.Data(image=resources_pb2.Image(base64=b))) for b in images],
+            model=resources_pb2.Model(
+                model_version=resources_pb2.ModelVersion(
+                    output_info=resources_pb2.OutputInfo(output_config=output_config)
+                )
+            ),
+        )
+        if self.version_id:
+            request.version_id = self.version_id
+        return request
+
+    def _send_encoded(self, images: list[bytes]) -> Sequence[Union[dict, QueryFailure]]:
+        request = self._request(images)
+        try:
+            if self._json:
+                response = self._stub.PostModelOutputs(request, metadata=self._metadata)
+            else:
+                response = self._stub.PostModelOutputs(request, metadata=self._metadata, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise self._rpc_error(exc) from None
+        except ApiError as exc:
+            raise self._api_error(exc) from None
+        except requests.exceptions.RequestException as exc:
+            kind = "timeout" if isinstance(exc, requests.exceptions.Timeout) else "connection"
+            raise self._transient(kind, f"clarifai request failed ({type(exc).__name__})") from None
+        except Exception as exc:  # the JSON channel's dict → protobuf conversion
+            if type(exc).__name__ in ("ParseError", "DecodeError") or isinstance(exc, (ValueError, TypeError, KeyError)):
+                raise self._transient("malformed", f"clarifai sent an unreadable answer ({type(exc).__name__}: {exc})") from None
+            raise
+        return self._answers(response, len(images))
+
+    def _answers(self, response: Any, count: int) -> list[Union[dict, QueryFailure]]:
+        code = int(response.status.code)
+        text = f"{_code_name(code)} ({code}): {response.status.description}" + (
+            f" — {response.status.details}" if response.status.details else ""
+        )
+        if code == 0:
+            raise self._transient("malformed", "clarifai sent an answer without a status")
+        if code not in (_SUCCESS, _MIXED, _FAILURE):
+            if code in _CREDENTIALS:
+                raise CredentialsError(self.redact(f"clarifai refused the token: {text}; {_CREDENTIALS_HELP}"))
+            kind = _code_kind(code)
+            if kind is not None:
+                raise self._transient(kind, f"clarifai: {text}")
+            raise ProviderError(self.redact(f"clarifai refused the request: {text}"))
+        outputs = list(response.outputs)
+        if len(outputs) != count:
+            if code == _FAILURE:
+                raise ProviderError(self.redact(f"clarifai refused the request: {text}"))
+            raise self._transient("malformed", f"clarifai answered {len(outputs)} outputs for {count} images ({text})")
+        answers: list[Union[dict, QueryFailure]] = []
+        for output in outputs:
+            output_code = int(output.status.code)
+            if output_code not in (_SUCCESS, 0):  # 0: no per-output status (success)
+                kind = _code_kind(output_code) or "rejected"
+                answers.append(
+                    self._failure(
+                        kind,
+                        f"clarifai could not process the image: {_code_name(output_code)} ({output_code}): "
+                        f"{output.status.description}" + (f" — {output.status.details}" if output.status.details else ""),
+                    )
+                )
+                continue
+            answers.append(self._raw(output))
+        return answers
+
+    def _raw(self, output: Any) -> dict:
+        full = MessageToDict(output, preserving_proto_field_name=True)
+        raw: dict[str, Any] = {}
+        if "status" in full:
+            raw["status"] = {k: full["status"][k] for k in ("code", "description") if k in full["status"]}
+        concepts = (full.get("data") or {}).get("concepts") or []
+        raw["data"] = {
+            "concepts": [{k: c[k] for k in ("id", "name", "value") if k in c} for c in concepts]
+        }
+        model = full.get("model") or {}
+        model_raw: dict[str, Any] = {}
+        if "id" in model:
+            model_raw["id"] = model["id"]
+        version = (model.get("model_version") or {}).get("id")
+        if version:
+            model_raw["model_version"] = {"id": version}
+            self.model_version = str(version)
+        if model_raw:
+            raw["model"] = model_raw
+        return raw
+
+    def _rpc_error(self, exc: Any) -> Exception:
+        try:
+            code = exc.code()
+            details = exc.details() or ""
+        except Exception:  # an RpcError that is not a call
+            code, details = None, str(exc)
+        name = getattr(code, "name", str(code))
+        text = f"gRPC {name}: {details}"
+        retry_after = None
+        try:
+            for key, value in exc.trailing_metadata() or ():
+                if key.lower() == "retry-after":
+                    retry_after = retry_after_seconds(value)
+        except Exception:
+            pass
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return self._transient("throttled", f"clarifai throttled the request ({text})", retry_after)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return self._transient("timeout", f"clarifai timed out after {self.timeout_s:g} s ({text})")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            lowered = details.lower()
+            kind = "connection" if ("failed to connect" in lowered or "connection refused" in lowered) else "server"
+            return self._transient(kind, f"clarifai unavailable ({text})", retry_after)
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return CredentialsError(self.redact(f"clarifai refused the token ({text}); {_CREDENTIALS_HELP}"))
+        if code == grpc.StatusCode.INTERNAL and "deserializ" in details.lower():
+            return self._transient("malformed", f"clarifai sent an unreadable answer ({text})")
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.DATA_LOSS):
+            return self._transient("server", f"clarifai server error ({text})", retry_after)
+        if code == grpc.StatusCode.CANCELLED:
+            return self._transient("connection", f"clarifai call cancelled ({text})")
+        return ProviderError(self.redact(f"clarifai rejected the request ({text})"))
+
+    def _api_error(self, exc: Any) -> Exception:
+        """The error for the JSON channel's ApiError: a transport failure (the requests
+        exception is its context) or a body that is not JSON (its args carry the response)."""
+        cause = exc.__context__
+        if isinstance(cause, requests.exceptions.Timeout):
+            return self._transient("timeout", f"clarifai timed out after {self.timeout_s:g} s ({type(cause).__name__})")
+        if isinstance(cause, requests.exceptions.RequestException):
+            return self._transient("connection", f"cannot reach clarifai at {self.endpoint} ({type(cause).__name__})")
+        response = exc.args[3] if len(exc.args) > 3 else None
+        status = int(getattr(response, "status_code", 0) or 0)
+        if status == 429:
+            retry_after = retry_after_seconds(getattr(response, "headers", {}).get("Retry-After"))
+            return self._transient("throttled", "clarifai throttled the request (HTTP 429)", retry_after)
+        if status in (401, 403):
+            return CredentialsError(self.redact(f"clarifai refused the token (HTTP {status}); {_CREDENTIALS_HELP}"))
+        if status >= 500:
+            return self._transient("server", f"clarifai server error (HTTP {status}, body not JSON)")
+        return self._transient("malformed", f"clarifai sent a body that is not JSON (HTTP {status or '?'})")
+
+    # -- parsing -------------------------------------------------------------------------
+    @staticmethod
+    def labels(raw: Any) -> Labels:
+        """``[(concept name, value in [0, 1]), ...]`` of a stored output (``data.concepts``; a
+        concept without a name is named by its id; missing data counts as no concepts)."""
+        if not isinstance(raw, dict):
+            raise TypeError(f"expected a dict, got {type(raw).__name__}")
+        data = raw.get("data")
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise TypeError("data must be a dict")
+        concepts = data.get("concepts")
+        if concepts is None:
+            concepts = []
+        if not isinstance(concepts, list):
+            raise TypeError("data.concepts must be a list")
+        return [(str(c.get("name") or c["id"]), unit_score(c.get("value", 0.0))) for c in concepts]

@@ -1,0 +1,317 @@
+"""Any HTTP model server as a provider (TorchServe, Hugging Face, KServe v1 style), with
+``requests``.
+
+Two request bodies:
+
+- ``body="raw"``: ``POST`` the PNG bytes (``Content-Type: image/png``), one image per
+  request; the whole JSON answer (or the part at ``labels_at``) is that image's answer.
+- ``body="json"``: ``POST {"instances": [{"b64": "<base64 PNG>"}, ...]}`` with up to
+  ``batch_size`` images; the answers are the list at ``labels_at`` (default ``"predictions"``),
+  one per image, in order.
+
+One image's answer may be a label string, a class index (int), a dict of label → score, a
+list of ``{label_key: ..., score_key: ...}`` dicts, or one such dict (score optional). It is
+stored normalized next to the original::
+
+    {"labels": [{"name": "cat", "score": 0.9}, ...], "response": <the answer as sent>}
+
+so :meth:`HTTPProvider.labels` is pure and reads the stored record alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+from urllib.parse import urlsplit
+
+from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError, ProviderResponseError
+from .base import QueryFailure
+from .cloud import CloudProvider, ImageLimits, Labels, retry_after_seconds, unit_score
+
+try:
+    import requests
+except ImportError as _exc:
+    raise MissingDependencyError(
+        f"the http provider needs requests ({_exc.name} is missing). Install it with: pip install 'robust-api[http]'",
+        name=_exc.name,
+    ) from _exc
+
+__all__ = ["HTTPProvider", "normalize_answer"]
+
+logger = logging.getLogger(__name__)
+
+BODIES = ("raw", "json")
+
+
+def normalize_answer(answer: Any, label_key: str = "label", score_key: str = "score") -> Labels:
+    """``[(name, score in [0, 1]), ...]`` of one image's answer from a model server.
+
+    Args:
+        answer: a label string (score 1.0); an int class index (its decimal string, score
+            1.0); a dict of label → score; a list of dicts with ``label_key`` and ``score_key``;
+            or one dict with ``label_key`` and optionally ``score_key`` (score 1.0 when absent).
+        label_key, score_key: key names in dict answers (default "label" / "score").
+
+    Raises:
+        TypeError / KeyError / ValueError: any other shape, or a score outside [0, 1].
+    """
+    if isinstance(answer, str):
+        return [(answer, 1.0)]
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        return [(str(answer), 1.0)]
+    if isinstance(answer, Mapping):
+        if label_key in answer:
+            score = answer.get(score_key, 1.0)
+            return [(str(answer[label_key]), unit_score(score))]
+        return [(str(name), unit_score(score)) for name, score in answer.items()]
+    if isinstance(answer, list):
+        labels = []
+        for item in answer:
+            if not isinstance(item, Mapping):
+                raise TypeError(f"a list answer must hold dicts with {label_key!r}/{score_key!r}, got {type(item).__name__}")
+            labels.append((str(item[label_key]), unit_score(item.get(score_key, 1.0))))
+        return labels
+    raise TypeError(f"cannot read labels from a {type(answer).__name__} answer")
+
+
+def _at(document: Any, path: str) -> Any:
+    """The part of ``document`` at dotted ``path`` ("" = all of it; integer parts index lists)."""
+    for part in [p for p in path.split(".") if p] if path else []:
+        if isinstance(document, list):
+            document = document[int(part)]
+        elif isinstance(document, Mapping):
+            document = document[part]
+        else:
+            raise KeyError(part)
+    return document
+
+
+class HTTPProvider(CloudProvider):
+    """A model served over HTTP.
+
+    Args:
+        url: the prediction URL, e.g. ``"http://127.0.0.1:8080/predictions/resnet"`` (default:
+            ``endpoint=`` or env ``ROBUST_API_HTTP_URL``; required).
+        body: ``"raw"`` (default; PNG bytes, one image per request) or ``"json"``
+            (``{"instances": [{"b64": ...}]}``, up to ``batch_size`` images per request).
+        headers: extra request headers; a value ``"env:VAR"`` is read from environment
+            variable VAR (and treated as a secret: masked in every message).
+        bearer_token_env: name of an environment variable holding a token sent as
+            ``Authorization: Bearer <token>`` (default None).
+        labels_at: dotted path of the answer(s) in the JSON body (default ``"predictions"``
+            for json, ``""`` — the whole body — for raw).
+        label_key, score_key: key names in dict answers (default "label" / "score").
+        batch_size: images per request for ``body="json"`` (default 1; must be 1 for raw).
+        name: a name for the identity (``http:<name>``); default: ``http:<scheme://host:port/path>``.
+        **kwargs: :class:`~robust_api.providers.cloud.CloudProvider` options (``timeout_s`` = 30,
+            ``label_fn``, ``resize``, ``cost_per_query_usd`` = 0, ``max_labels`` — not sent).
+
+    Defaults: 4 requests in flight, no rate limit, images up to 50 MB (a guard; the server's
+    own limit applies — TorchServe's default ``max_request_size`` is 6.5 MB).
+
+    Raises:
+        InvalidParameterError: no URL or a bad option. CredentialsError: a named environment
+            variable is unset (here, before any query).
+    """
+
+    name = "http"
+    ENDPOINT_ENV = "ROBUST_API_HTTP_URL"
+    default_concurrency = 32  # a model server queues requests; it has no documented quota
+    default_rate_limit = None
+    limits = ImageLimits(
+        max_bytes=50 * 1000 * 1000,
+        formats=("PNG",),
+        source="a self-hosted server: no documented limit; 50 MB guard",
+    )
+
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        body: str = "raw",
+        headers: Optional[Mapping[str, str]] = None,
+        bearer_token_env: Optional[str] = None,
+        labels_at: Optional[str] = None,
+        label_key: str = "label",
+        score_key: str = "score",
+        batch_size: int = 1,
+        name: Optional[str] = None,
+        **kwargs: Any,
+    ):
+        if url is not None:
+            if not isinstance(url, str) or not url.strip():
+                raise InvalidParameterError(f"url must be an http(s) URL string, got {url!r}")
+            if kwargs.get("endpoint") not in (None, url):
+                raise InvalidParameterError("pass the URL once: url= or endpoint=, not both")
+            kwargs["endpoint"] = url
+        super().__init__(**kwargs)
+        if not self.endpoint:
+            raise InvalidParameterError(
+                "the http provider needs the model server's URL: pass url='http://host:port/path' "
+                "(or endpoint=) or set ROBUST_API_HTTP_URL"
+            )
+        parts = urlsplit(self.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidParameterError(f"url must start with http:// or https:// and name a host, got {self.endpoint!r}")
+        self._add_secret(parts.password)
+        if body not in BODIES:
+            raise InvalidParameterError(f"body must be one of {BODIES}, got {body!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if body == "raw" and batch_size != 1:
+            raise InvalidParameterError("body='raw' sends one image per request; use body='json' for batch_size > 1")
+        for option, value in (("label_key", label_key), ("score_key", score_key)):
+            if not isinstance(value, str) or not value:
+                raise InvalidParameterError(f"{option} must be a non-empty string, got {value!r}")
+        if labels_at is not None and not isinstance(labels_at, str):
+            raise InvalidParameterError(f"labels_at must be a dotted path string, got {labels_at!r}")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise InvalidParameterError(f"name must be a non-empty string, got {name!r}")
+        self.body = body
+        self.batch_size = batch_size
+        self.max_batch_size = batch_size
+        self.labels_at = labels_at if labels_at is not None else ("predictions" if body == "json" else "")
+        self.label_key, self.score_key = label_key, score_key
+        self._headers = self._resolve_headers(headers, bearer_token_env)
+        self.url = self.endpoint
+        port = f":{parts.port}" if parts.port else ""
+        self.identity = f"http:{name}" if name else f"http:{parts.scheme}://{parts.hostname}{port}{parts.path}"
+        self._local = threading.local()
+        logger.debug("http provider %s (%s body)", self.identity, body)
+
+    def _resolve_headers(self, headers: Optional[Mapping[str, str]], bearer_token_env: Optional[str]) -> dict[str, str]:
+        resolved: dict[str, str] = {}
+        if headers is not None and not isinstance(headers, Mapping):
+            raise InvalidParameterError("headers must be a mapping of header name → value")
+        for key, value in (headers or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise InvalidParameterError("header names and values must be strings")
+            if value.startswith("env:"):
+                variable = value[4:]
+                secret = os.environ.get(variable, "")
+                if not secret:
+                    raise CredentialsError(f"http: header {key!r} is read from environment variable {variable}, which is unset")
+                self._add_secret(secret)
+                value = secret
+            resolved[key] = value
+        if bearer_token_env is not None:
+            if not isinstance(bearer_token_env, str) or not bearer_token_env:
+                raise InvalidParameterError("bearer_token_env must name an environment variable")
+            token = os.environ.get(bearer_token_env, "")
+            if not token:
+                raise CredentialsError(
+                    f"http: the bearer token is read from environment variable {bearer_token_env}, which is unset"
+                )
+            self._add_secret(token)
+            resolved["Authorization"] = f"Bearer {token}"
+        return resolved
+
+    def _session(self) -> "requests.Session":
+        """This thread's session (requests sessions are not guaranteed thread-safe)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers.update(self._headers)
+            self._local.session = session
+        return session
+
+    # -- I/O -----------------------------------------------------------------------------
+    def _send_encoded(self, images: list[bytes]) -> Sequence[Union[dict, QueryFailure]]:
+        if self.body == "raw":
+            answers: list[Union[dict, QueryFailure]] = []
+            for image in images:
+                document = self._post(data=image, headers={"Content-Type": "image/png"}, count=1)
+                if isinstance(document, QueryFailure):
+                    answers.append(document)
+                    continue
+                answers.append(self._record(self._locate(document)))
+            return answers
+        payload = {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+        document = self._post(json=payload, count=len(images))
+        if isinstance(document, QueryFailure):
+            return [document]
+        predictions = self._locate(document)
+        if not isinstance(predictions, list) or len(predictions) != len(images):
+            got = f"{len(predictions)} answers" if isinstance(predictions, list) else f"a {type(predictions).__name__}"
+            raise self._transient(
+                "malformed", f"{self.identity} sent {got} at {self.labels_at!r} for {len(images)} images"
+            )
+        return [self._record(answer) for answer in predictions]
+
+    def _post(self, count: int, **kwargs: Any) -> Union[Any, QueryFailure]:
+        try:
+            response = self._session().post(self.url, timeout=self.timeout_s, **kwargs)
+        except requests.exceptions.Timeout as exc:
+            raise self._transient("timeout", f"{self.identity} timed out after {self.timeout_s:g} s ({exc})") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise self._transient("connection", f"cannot reach {self.identity} ({exc})") from None
+        except requests.exceptions.ContentDecodingError as exc:
+            raise self._transient("malformed", f"{self.identity} sent an undecodable body ({exc})") from None
+        except requests.exceptions.RequestException as exc:
+            raise ProviderError(self.redact(f"{self.identity}: request failed ({type(exc).__name__}: {exc})")) from None
+        status = response.status_code
+        snippet = response.text[:200] if status >= 400 else ""
+        if status == 429:
+            raise self._transient(
+                "throttled", f"{self.identity} throttled the request (HTTP 429: {snippet})",
+                retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        if status in (408, 504):
+            raise self._transient("timeout", f"{self.identity} timed out (HTTP {status}: {snippet})",
+                                  retry_after_seconds(response.headers.get("Retry-After")))
+        if status >= 500:
+            raise self._transient(
+                "server", f"{self.identity} server error (HTTP {status}: {snippet})",
+                retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        if status in (401, 403):
+            raise CredentialsError(
+                self.redact(f"{self.identity} refused the credentials (HTTP {status}: {snippet}); check headers= / bearer_token_env=")
+            )
+        if status >= 400:
+            if count == 1:
+                return self._failure("rejected", f"{self.identity} refused the image (HTTP {status}: {snippet})")
+            raise ProviderError(self.redact(f"{self.identity} rejected the request (HTTP {status}: {snippet})"))
+        if status >= 300:
+            raise ProviderError(self.redact(f"{self.identity} answered HTTP {status}; give the final URL"))
+        try:
+            return response.json()
+        except ValueError:
+            raise self._transient(
+                "malformed", f"{self.identity} sent a body that is not JSON: {response.text[:120]!r}"
+            ) from None
+
+    def _locate(self, document: Any) -> Any:
+        try:
+            return _at(document, self.labels_at)
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise self._transient(
+                "malformed", f"{self.identity} sent an answer without {self.labels_at!r}: {str(document)[:120]}"
+            ) from None
+
+    def _record(self, answer: Any) -> dict:
+        try:
+            labels = normalize_answer(answer, self.label_key, self.score_key)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProviderResponseError(
+                self.redact(
+                    f"cannot read labels from {self.identity}'s answer {str(answer)[:120]} ({type(exc).__name__}: {exc}); "
+                    "set labels_at=, label_key= and score_key= to match the server's JSON"
+                )
+            ) from None
+        return {"labels": [{"name": n, "score": s} for n, s in labels], "response": answer}
+
+    # -- parsing -------------------------------------------------------------------------
+    @staticmethod
+    def labels(raw: Any) -> Labels:
+        """``[(name, score in [0, 1]), ...]`` of a stored ``{"labels": [{"name", "score"}], "response": ...}``."""
+        if not isinstance(raw, dict):
+            raise TypeError(f"expected a dict, got {type(raw).__name__}")
+        labels = raw["labels"]
+        if not isinstance(labels, list):
+            raise TypeError("labels must be a list")
+        return [(str(item["name"]), unit_score(item["score"])) for item in labels]
