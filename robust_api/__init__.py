@@ -10,7 +10,8 @@ from . import denoisers  # lazy: torch is imported on first use of a denoiser
 from .api import RobustAPI
 from .errors import *  # noqa: F403 - the exception tree, listed in errors.__all__
 from .errors import __all__ as _error_names
-from .providers import CallableProvider, Provider, known_providers, register_provider
+from .dispatch import RetryPolicy, Spending
+from .providers import CallableProvider, Provider, QueryFailure, known_providers, register_provider
 from .query_logs import CallLog, QueryLog, QueryRecord, export_jsonl, export_parquet, open_log
 from .planning import BudgetPlan, plan
 from .results import ABSTAIN, Certificate, Prediction
@@ -44,7 +45,10 @@ __all__ = [
     "QueryLog",
     "QueryRecord",
     "Provider",
+    "QueryFailure",
     "CallableProvider",
+    "RetryPolicy",
+    "Spending",
     "known_providers",
     "register_provider",
     "__version__",

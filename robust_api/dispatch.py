@@ -281,11 +281,22 @@ class Dispatcher:
         self._rng = random.Random()
         self._executor: Optional[ThreadPoolExecutor] = None
         self._serial = threading.Lock()  # concurrency=1: one request at a time, whatever the calling threads
+        self._pool_lock = threading.Lock()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The one pool of ``concurrency`` workers every call of this dispatcher shares (so
+        calls from several threads together stay within ``concurrency`` requests in flight)."""
+        with self._pool_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="robust-api")
+            return self._executor
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        """Stop the worker threads once their requests are done (a later call starts new ones)."""
+        with self._pool_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     # -- one batch, in a worker ----------------------------------------------------------
     def _error_record(self, phase: str, index: int, message: str, latency: float, billed: int, raw: Any = None) -> QueryRecord:
@@ -417,8 +428,7 @@ class Dispatcher:
                     if first_failure is not None:
                         break
             else:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="robust-api")
+                executor = self._pool()
                 in_flight: dict[Future, tuple[int, np.ndarray]] = {}
                 try:
                     for start, images in batches:
@@ -428,7 +438,7 @@ class Dispatcher:
                                 collect(future, *in_flight.pop(future))
                         if first_failure is not None:
                             break
-                        in_flight[self._executor.submit(self.query_batch, phase, start, images)] = (start, images)
+                        in_flight[executor.submit(self.query_batch, phase, start, images)] = (start, images)
                     while in_flight:
                         done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                         for future in done:

@@ -90,10 +90,10 @@ logger = logging.getLogger("robust_api.emulators")
 
 _MODULES = {"google": "google", "aws": "aws", "azure": "azure", "clarifai": "clarifai", "http": "generic"}
 _PIP = {
-    ("google", "rest"): "google-cloud-vision",
-    ("google", "grpc"): "google-cloud-vision grpcio",
-    ("clarifai", "grpc"): "clarifai-grpc grpcio",
-    ("clarifai", "json"): "clarifai-grpc",
+    ("google", "rest"): "'robust-api[emulators]'",
+    ("google", "grpc"): "'robust-api[emulators]'",
+    ("clarifai", "grpc"): "'robust-api[emulators]'",
+    ("clarifai", "json"): "'robust-api[emulators]'",
 }
 
 
@@ -122,6 +122,8 @@ def start(name: str, *, classifier: Any = None, latency_ms: float = 0.0, fail_ra
         runtime = Runtime(config)
         bound_port, stopper = module.serve(config, runtime)
     except ImportError as exc:
+        if (exc.name or "").startswith("robust_api"):
+            raise  # our own import failed: a bug, not a missing dependency
         hint = _PIP.get((config.name, config.protocol))
         raise MissingDependencyError(
             f"the {config.name} emulator ({config.protocol}) needs a package that is not installed "

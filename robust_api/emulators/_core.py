@@ -14,7 +14,7 @@ import math
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -624,6 +624,20 @@ class RateLimiter:
 
 
 # --------------------------------------------------------------------------- runtime
+
+
+def counted_and_delayed(runtime: "Runtime", handle):
+    """The request handler of an HTTP emulator: count the request, let ``handle`` answer it,
+    then wait the configured latency (None: the emulator stopped meanwhile, drop the answer)."""
+
+    def app(request):
+        runtime.stats.add_request()
+        response = handle(request)
+        if response is not None and not runtime.delay():
+            return None
+        return response
+
+    return app
 
 
 class Runtime:

@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from ._core import EmulatorConfig, ImageProblem, Runtime, open_image, truncate_body
+from ._core import EmulatorConfig, ImageProblem, Runtime, counted_and_delayed, open_image, truncate_body
 from ._http import Request, Response, json_response, request_id, serve_http
 
 logger = logging.getLogger("robust_api.emulators")
@@ -45,13 +45,6 @@ def _credential_ok(runtime: Runtime, authorization: Optional[str]) -> bool:
 
 def make_app(runtime: Runtime):
     """The request handler of the Rekognition emulator."""
-
-    def app(request: Request) -> Optional[Response]:
-        runtime.stats.add_request()
-        response = _handle(request)
-        if response is not None and not runtime.delay():
-            return None
-        return response
 
     def _handle(request: Request) -> Optional[Response]:
         if request.method != "POST" or request.path != "/":
@@ -142,7 +135,7 @@ def make_app(runtime: Runtime):
         }
         return json_response(200, answer, {"x-amzn-RequestId": request_id()}, CONTENT_TYPE)
 
-    return app
+    return counted_and_delayed(runtime, _handle)
 
 
 def serve(config: EmulatorConfig, runtime: Runtime):

@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from ._core import EmulatorConfig, ImageProblem, Runtime, open_image, truncate_body
+from ._core import EmulatorConfig, ImageProblem, Runtime, counted_and_delayed, open_image, truncate_body
 from ._http import Request, Response, json_response, request_id, serve_http
 
 logger = logging.getLogger("robust_api.emulators")
@@ -45,13 +45,6 @@ def _error(status: int, code: str, message: str, inner: Optional[str] = None,
 
 def make_app(runtime: Runtime):
     """The request handler of the Azure emulator."""
-
-    def app(request: Request) -> Optional[Response]:
-        runtime.stats.add_request()
-        response = _handle(request)
-        if response is not None and not runtime.delay():
-            return None
-        return response
 
     def _handle(request: Request) -> Optional[Response]:
         if request.path in V3_PATHS:
@@ -132,7 +125,7 @@ def make_app(runtime: Runtime):
                 answer["tagsResult"] = {"values": [{"name": name, "confidence": score} for name, score in tags]}
         return json_response(200, answer, _headers(), "application/json; charset=utf-8")
 
-    return app
+    return counted_and_delayed(runtime, _handle)
 
 
 def serve(config: EmulatorConfig, runtime: Runtime):

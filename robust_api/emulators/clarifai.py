@@ -15,7 +15,7 @@ import re
 import uuid
 from typing import Any, Optional
 
-from ._core import EmulatorConfig, ImageProblem, Runtime, label_id, open_image, truncate_body
+from ._core import EmulatorConfig, ImageProblem, Runtime, counted_and_delayed, label_id, open_image, truncate_body
 from ._http import Request, Response, json_response, serve_http
 
 logger = logging.getLogger("robust_api.emulators")
@@ -187,13 +187,6 @@ def make_json_app(runtime: Runtime):
     def to_json(message: Any) -> dict:
         return json_format.MessageToDict(message, preserving_proto_field_name=True, use_integers_for_enums=True)
 
-    def app(request: Request) -> Optional[Response]:
-        runtime.stats.add_request()
-        response = _handle(request)
-        if response is not None and not runtime.delay():
-            return None
-        return response
-
     def _handle(request: Request) -> Optional[Response]:
         match = _PATH.match(request.path)
         if match is None or request.method != "POST":
@@ -223,7 +216,7 @@ def make_json_app(runtime: Runtime):
         headers = runtime.retry_after_headers() if outcome.http_status == 429 else None
         return json_response(outcome.http_status, to_json(outcome.response), headers)
 
-    return app
+    return counted_and_delayed(runtime, _handle)
 
 
 def serve(config: EmulatorConfig, runtime: Runtime):

@@ -17,7 +17,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from ._core import EmulatorConfig, ImageProblem, Runtime, open_image, truncate_body
+from ._core import EmulatorConfig, ImageProblem, Runtime, counted_and_delayed, open_image, truncate_body
 from ._http import Request, Response, json_response, serve_http
 
 logger = logging.getLogger("robust_api.emulators")
@@ -46,13 +46,6 @@ def _instance_bytes(instance: Any) -> bytes:
 
 def make_app(runtime: Runtime):
     """The request handler of the generic model server."""
-
-    def app(request: Request) -> Optional[Response]:
-        runtime.stats.add_request()
-        response = _handle(request)
-        if response is not None and not runtime.delay():
-            return None
-        return response
 
     def _handle(request: Request) -> Optional[Response]:
         if request.path.rstrip("/") != PATH:
@@ -105,7 +98,7 @@ def make_app(runtime: Runtime):
             return json_response(200, predictions[0])
         return json_response(200, {"predictions": predictions})
 
-    return app
+    return counted_and_delayed(runtime, _handle)
 
 
 def serve(config: EmulatorConfig, runtime: Runtime):

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ._core import EmulatorConfig, ImageProblem, Runtime, format_retry_after, label_id, open_image, truncate_body
+from ._core import EmulatorConfig, ImageProblem, Runtime, counted_and_delayed, format_retry_after, label_id, open_image, truncate_body
 from ._http import Request, Response, json_response, serve_http
 
 logger = logging.getLogger("robust_api.emulators")
@@ -176,13 +176,6 @@ def _rest_results(results: list) -> list[dict]:
 def make_rest_app(runtime: Runtime):
     """The request handler of the REST emulator."""
 
-    def app(request: Request) -> Optional[Response]:
-        runtime.stats.add_request()
-        response = _rest(request)
-        if response is not None and not runtime.delay():
-            return None
-        return response
-
     def _rest(request: Request) -> Optional[Response]:
         if request.path not in ANNOTATE_PATHS:
             return _rest_error("not_found", f"The requested URL {request.path} was not found on this server.", runtime)
@@ -212,7 +205,7 @@ def make_rest_app(runtime: Runtime):
         return json_response(200, {"responses": _rest_results(outcome.results)}, None,
                              "application/json; charset=UTF-8")
 
-    return app
+    return counted_and_delayed(runtime, _rest)
 
 
 # --------------------------------------------------------------------------- gRPC

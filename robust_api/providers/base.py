@@ -169,6 +169,8 @@ def _resolve(name: str) -> Callable[..., Provider]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        if (exc.name or "").startswith("robust_api") and not isinstance(exc, MissingDependencyError):
+            raise  # our own import failed: a bug, not a missing dependency
         hint = _INSTALL_HINTS.get(name, "")
         raise MissingDependencyError(
             f"provider {name!r} needs a package that is not installed ({exc.name}). {hint}".strip()

@@ -110,7 +110,7 @@ class HTTPProvider(CloudProvider):
         **kwargs: :class:`~robust_api.providers.cloud.CloudProvider` options (``timeout_s`` = 30,
             ``label_fn``, ``resize``, ``cost_per_query_usd`` = 0, ``max_labels`` — not sent).
 
-    Defaults: 4 requests in flight, no rate limit, images up to 50 MB (a guard; the server's
+    Defaults: 32 requests in flight, no rate limit, images up to 50 MB (a guard; the server's
     own limit applies — TorchServe's default ``max_request_size`` is 6.5 MB).
 
     Raises:
