@@ -22,9 +22,11 @@ import numpy as np
 
 from .dispatch import Budget, Dispatcher, RateLimiter, RetryPolicy, Spending, shared_rate_limiter
 from .errors import (
+    BudgetExceededError,
     DenoiserError,
     InvalidParameterError,
     OfflineModeError,
+    ProviderError,
     ProviderResponseError,
     RobustAPIError,
 )
@@ -231,6 +233,8 @@ class RobustAPI:
             extra = {"model": model, "class_names": class_names}
             if provider == "local":
                 extra.update(device=device, batch_size=batch_size)
+            elif provider == "http":  # a JSON model server batches as many images as it is told
+                extra.update(batch_size=batch_size)
             options = {**{k: v for k, v in extra.items() if v is not None}, **options}
             return create_provider(provider, **options)
         if callable(provider):
@@ -307,8 +311,8 @@ class RobustAPI:
         if noise_sd == 0 and N > 1:
             logger.warning("noise_sd=0 with N=%d sends %d identical clean queries", N, N)
         canonical = self._check_image(image, noise_sd)
-        self.budget.check_fits(N, self.provider.cost_per_query_usd, f"predict with N={N}")
-        call = self._open_call(canonical, "predict", noise_sd, seed, {"N": N, "alpha": alpha}, checked=True)
+        hold = self.budget.hold(N, self.provider.cost_per_query_usd, f"predict with N={N}")
+        call = self._open_call(canonical, "predict", noise_sd, seed, {"N": N, "alpha": alpha}, checked=True, hold=hold)
         with call:
             call.query(phase, 0, N)
         return predict_from_log(call.logs(), N=N, alpha=alpha, queries=call.queries, offline=False)
@@ -376,12 +380,27 @@ class RobustAPI:
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
         canonical = self._check_image(image, settings.noise_sd)
-        if settings.method == "sequential":  # it stops early ("ended") when the caps leave no room for a look
-            needed, what = settings.selection_queries + settings.rule().looks()[0], "the first look of a sequential certify"
+        return self._certify_online(canonical, settings, seed, self._start_hold(settings))
+
+    def _start_hold(self, settings: CertifySettings, images: int = 1):
+        """Hold the queries one certify call needs before it may start (sequential: its
+        selection and first look; it stops early, "ended", when later looks do not fit)."""
+        if settings.method == "sequential":
+            needed = settings.selection_queries + settings.rule().looks()[0]
+            what = "the selection and first look of a sequential certify"
         else:
-            needed, what = settings.selection_queries + settings.N, f"certify with {settings.selection_queries} + N={settings.N}"
-        self.budget.check_fits(needed, self.provider.cost_per_query_usd, what)
-        call = self._open_call(canonical, "certify", settings.noise_sd, seed, settings.params(), checked=True)
+            needed = settings.selection_queries + settings.N
+            what = f"certify with {settings.selection_queries} + N={settings.N}"
+        if images > 1:
+            what = f"{what}, for each of {images} images,"
+        return self.budget.hold(needed, self.provider.cost_per_query_usd, what)
+
+    def _certify_online(self, canonical: np.ndarray, settings: CertifySettings, seed: Optional[int], hold) -> Certificate:
+        try:
+            call = self._open_call(canonical, "certify", settings.noise_sd, seed, settings.params(), checked=True, hold=hold)
+        except BaseException:
+            self.budget.release(hold)
+            raise
         with call:
             guess = self._select(call, settings)
             if guess is None:
@@ -452,7 +471,7 @@ class RobustAPI:
         params = {**settings.params(), "total_queries": total_queries}
         canonical = [self._check_image(image, settings.noise_sd) for image in images]
         self.budget.check_fits(per_image * len(images), self.provider.cost_per_query_usd,
-                               "certify_batch's selections and first looks")
+                               "certify_batch's selections and first looks")  # then each look holds its own
         calls = [self._open_call(image, "certify", settings.noise_sd, seed, params, checked=True) for image in canonical]
         spent = 0
         try:
@@ -469,7 +488,7 @@ class RobustAPI:
                 active.sort(key=lambda run: -run.gain_per_query())
                 run = active[0]
                 step = run.next_look() - run.n
-                if spent + step > total_queries or not run.fits_budget(self):
+                if spent + step > total_queries:
                     active.pop(0)  # this image's next look does not fit: it ends here
                     continue
                 spent += step
@@ -531,22 +550,37 @@ class RobustAPI:
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
         canonical = [self._check_image(image, settings.noise_sd) for image in images]
-        if settings.method != "sequential":
-            needed = (settings.selection_queries + settings.N) * len(images)
-            self.budget.check_fits(needed, self.provider.cost_per_query_usd, f"certifying {len(images)} images")
+        # every image's start (fixed-N: all its queries; sequential: selection and first look) is
+        # held from the caps before any query, so early images cannot starve later ones
+        holds = []
+        try:
+            for _ in canonical:
+                holds.append(self._start_hold(settings, len(canonical)))
+        except BaseException:
+            for hold in holds:
+                self.budget.release(hold)
+            raise
         workers = min(len(images), parallel or self.dispatcher.concurrency)
-        options = dict(noise_sd=settings.noise_sd, N0=N0, N=N, alpha=alpha, seed=seed, method=method,
-                       selection=selection, radius=radius, tolerance=tolerance)
         if workers <= 1:
-            return [self.certify(image, **options) for image in canonical]
-        from concurrent.futures import ThreadPoolExecutor
+            results = []
+            try:
+                for index, image in enumerate(canonical):
+                    results.append(self._certify_online(image, settings, seed, holds[index]))
+            finally:
+                for hold in holds[len(results) + 1:]:
+                    self.budget.release(hold)
+            return results
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robust-api-image") as pool:
-            futures = [pool.submit(self.certify, image, **options) for image in canonical]
-            failures = [f.exception() for f in futures]
-        for failure in failures:
-            if failure is not None:
-                raise failure
+            futures = [pool.submit(self._certify_online, image, settings, seed, hold) for image, hold in zip(canonical, holds)]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for future, hold in zip(futures, holds):
+                if future.cancel():  # not started: its image stays unqueried and its hold goes back
+                    self.budget.release(hold)
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()
         return [future.result() for future in futures]
 
     def _select(self, call: "_Call", settings: "CertifySettings") -> Optional[str]:
@@ -555,6 +589,11 @@ class RobustAPI:
             records = call.query("clean", 0, 1)
         else:
             records = call.query("selection", 0, settings.N0)
+        if all(r.error is not None for r in records):
+            raise ProviderError(
+                f"{self.provider.identity}: every selection query failed after its retries (last error: "
+                f"{records[-1].error}); nothing to certify. Check the endpoint, network and quota."
+            )
         return guess_from_records(records)
 
     def _estimate_sequentially(self, call: "_Call", guess: str, rule) -> None:
@@ -581,7 +620,7 @@ class RobustAPI:
         self._check_denoiser_fits(canonical, noise_sd)
         return canonical
 
-    def _open_call(self, image, kind, noise_sd, seed, params, checked: bool = False) -> "_Call":
+    def _open_call(self, image, kind, noise_sd, seed, params, checked: bool = False, hold=None) -> "_Call":
         canonical = image if checked else self._check_image(image, noise_sd)
         seed = check_seed(seed) if seed is not None else self.seed
         if seed is None:
@@ -601,7 +640,7 @@ class RobustAPI:
             created=time.time(),
         )
         self.log.begin_call(header)
-        return _Call(self, header, canonical)
+        return _Call(self, header, canonical, hold)
 
     def _check_denoiser_fits(self, image: np.ndarray, noise_sd: float) -> None:
         channels = getattr(self.denoiser, "image_channels", None)
@@ -618,7 +657,8 @@ class RobustAPI:
                 self.denoiser.identity, trained_for, noise_sd,
             )
 
-    def _run_phase(self, header: CallHeader, image: np.ndarray, phase: str, start: int, stop: int) -> list[QueryRecord]:
+    def _run_phase(self, header: CallHeader, image: np.ndarray, phase: str, start: int, stop: int,
+                   hold=None) -> list[QueryRecord]:
         """Query samples [start, stop) of a phase; return their records in index order."""
         reusable = {i: r for i, r in self.log.find_reusable(header, phase, stop).items() if i >= start}
         records: dict[int, QueryRecord] = {}
@@ -635,7 +675,7 @@ class RobustAPI:
                 self._append(header, batch_records)
                 records.update((r.sample_index, r) for r in batch_records)
 
-            self.dispatcher.run(phase, batches, len(missing), record)
+            self.dispatcher.run(phase, batches, len(missing), record, hold)
         return [records[i] for i in range(start, stop)]
 
     def _batches(self, header: CallHeader, image: np.ndarray, phase: str, missing: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
@@ -689,21 +729,28 @@ class _Call:
     exception escapes (the partial work stays in the log).
     """
 
-    def __init__(self, api: RobustAPI, header: CallHeader, image: np.ndarray):
+    def __init__(self, api: RobustAPI, header: CallHeader, image: np.ndarray, hold=None):
         self.api = api
         self.header = header
         self.image = image
         self.queries = 0
+        self.hold = hold  # queries set aside from the caps for this call (see Budget.hold)
         self._closed = False
 
     def query(self, phase: str, start: int, stop: int) -> list[QueryRecord]:
-        records = self.api._run_phase(self.header, self.image, phase, start, stop)
+        records = self.api._run_phase(self.header, self.image, phase, start, stop, self.hold)
         self.queries += sum(not r.reused for r in records)
         return records
+
+    def hold_more(self, queries: int) -> None:
+        """Set aside ``queries`` more (what is left of the current hold goes back first)."""
+        self.api.budget.release(self.hold)
+        self.hold = self.api.budget.hold(queries, self.api.provider.cost_per_query_usd, "the next look")
 
     def close(self, status: str) -> None:
         if not self._closed:
             self._closed = True
+            self.api.budget.release(self.hold)
             self.api.log.finish_call(self.header.run_id, status)
 
     def logs(self) -> CallLog:
@@ -732,19 +779,23 @@ class _SequentialRun:
     def next_look(self) -> int:
         return self.looks[self.position]
 
-    def fits_budget(self, api: RobustAPI) -> bool:
-        """True when the next look fits what the caps of ``api`` leave."""
-        left = api.budget.queries_left(api.provider.cost_per_query_usd)
-        return left is None or self.next_look() - self.n <= left
-
     def advance(self, api: RobustAPI) -> Optional[str]:
         """Query up to the next look and apply the rule; return the stop reason or None
         ("ended" without a query when the budget caps leave no room for the look)."""
-        if not self.fits_budget(api):
-            logger.info("%s: the budget caps leave no room for the next look; stopping", self.call.header.run_id)
-            return "ended"
         look = self.next_look()
-        records = self.call.query("estimation", self.n, look)
+        if self.position > 0:  # the first look was held with the selection when the call began
+            try:
+                self.call.hold_more(look - self.n)
+            except BudgetExceededError:
+                logger.info("%s: the budget caps leave no room for the next look; stopping", self.call.header.run_id)
+                return "ended"
+        try:
+            records = self.call.query("estimation", self.n, look)
+        except BudgetExceededError:
+            # retries used up the room (or another thread took it): what was answered is in the
+            # log and the offline replay ends at the last complete look
+            logger.info("%s: the budget caps were reached during a look; stopping", self.call.header.run_id)
+            return "ended"
         self.successes += sum(r.error is None and r.label == self.guess for r in records)
         self.n = look
         self.position += 1

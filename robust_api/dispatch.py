@@ -8,8 +8,8 @@ provider.
 
 Caps are reservations: before an attempt is sent, its queries (and their list price) are
 reserved under a lock, so no cap is crossed however many requests are in flight. A
-throttled attempt or a refused connection is refunded (the provider did not process it);
-every other attempt stays counted, so the running total is an upper bound on the bill.
+throttled attempt is refunded (the provider did not process it); every other attempt stays
+counted, so the running total is an upper bound on the bill.
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ from .errors import (
 from .providers.base import Provider, QueryFailure
 from .query_logs.records import QueryRecord, dumps_raw
 
-__all__ = ["RetryPolicy", "RateLimiter", "Budget", "Spending", "Dispatcher", "shared_rate_limiter"]
+__all__ = ["RetryPolicy", "RateLimiter", "Budget", "Hold", "Spending", "Dispatcher", "shared_rate_limiter"]
 
 logger = logging.getLogger(__name__)
 
-#: Kinds of failure a provider did not process, so the attempt is not billed.
-UNBILLED_KINDS = frozenset({"throttled", "connection"})
+#: Kinds of failure a provider did not process, so the attempt is not billed. A dropped
+#: connection may have been processed (and billed) before it dropped, so it counts.
+UNBILLED_KINDS = frozenset({"throttled"})
 
 
 @dataclass(frozen=True)
@@ -185,21 +186,56 @@ class Budget:
         self._lock = threading.Lock()
 
     @property
+    def unlimited(self) -> bool:
+        return self.max_queries is None and self.max_cost_usd is None
+
+    @property
     def spent(self) -> Spending:
         with self._lock:
             return Spending(self._queries, self._cost)
 
     def _shortfall(self, queries: int, cost: float) -> Optional[str]:
         if self.max_queries is not None and self._queries + queries > self.max_queries:
-            return f"max_queries={self.max_queries} ({self._queries} already sent, {queries} more needed)"
+            return f"max_queries={self.max_queries} ({self._queries} already sent or set aside, {queries} more needed)"
         # a relative tolerance keeps a float sum of prices from refusing an exact fit
         if self.max_cost_usd is not None and self._cost + cost > self.max_cost_usd * (1 + 1e-9) + 1e-12:
-            return f"max_cost_usd={self.max_cost_usd:g} (${self._cost:.4f} already spent, ${cost:.4f} more needed)"
+            return f"max_cost_usd={self.max_cost_usd:g} (${self._cost:.4f} already spent or set aside, ${cost:.4f} more needed)"
         return None
 
-    def reserve(self, queries: int, cost: float) -> None:
-        """Count ``queries`` costing ``cost`` USD as sent, or raise BudgetExceededError (nothing counted)."""
+    def hold(self, queries: int, price: float, what: str) -> "Hold":
+        """Set aside ``queries`` at ``price`` USD each for one call (counted as spent until
+        released), or raise BudgetExceededError, before anything is sent, when they do not fit.
+        Reservations made with the hold draw from it first, so a call that got its hold
+        cannot be starved by calls running in other threads."""
+        cost = queries * price
         with self._lock:
+            problem = self._shortfall(queries, cost)
+            if problem is None:
+                self._queries += queries
+                self._cost += cost
+                return Hold(queries, cost)
+        raise BudgetExceededError(
+            f"{what} needs up to {queries} queries (${cost:.4f}) and that would cross {problem}; "
+            "lower N / N0, or raise the cap"
+        )
+
+    def release(self, hold: Optional["Hold"]) -> None:
+        """Give back what is left of a hold."""
+        if hold is None:
+            return
+        with self._lock:
+            self._queries -= hold.queries
+            self._cost = max(0.0, self._cost - hold.cost)
+            hold.queries, hold.cost = 0, 0.0
+
+    def reserve(self, queries: int, cost: float, hold: Optional["Hold"] = None) -> None:
+        """Count ``queries`` costing ``cost`` USD as sent — from ``hold`` when it has enough
+        left — or raise BudgetExceededError (nothing counted)."""
+        with self._lock:
+            if hold is not None and hold.queries >= queries:
+                hold.queries -= queries
+                hold.cost = max(0.0, hold.cost - cost)
+                return
             problem = self._shortfall(queries, cost)
             if problem is None:
                 self._queries += queries
@@ -231,6 +267,14 @@ class Budget:
             if self.max_cost_usd is not None and price > 0:
                 left.append(math.floor((self.max_cost_usd - self._cost) / price * (1 + 1e-9) + 1e-9))
         return max(0, min(left)) if left else None
+
+
+@dataclass
+class Hold:
+    """Queries (and USD) set aside by :meth:`Budget.hold` and not used yet."""
+
+    queries: int
+    cost: float
 
 
 class _BatchFailed(Exception):
@@ -270,14 +314,13 @@ class Dispatcher:
 
     def __init__(self, provider: Provider, *, concurrency: int = 1, rate_limiter: Optional[RateLimiter] = None,
                  retry: Optional[RetryPolicy] = None, budget: Optional[Budget] = None,
-                 progress: Optional[bool] = None, sleep: Callable[[float], None] = time.sleep):
+                 progress: Optional[bool] = None):
         self.provider = provider
         self.concurrency = concurrency
         self.rate_limiter = rate_limiter
         self.retry = retry or RetryPolicy()
         self.budget = budget or Budget()
         self.progress = progress
-        self._sleep = sleep
         self._rng = random.Random()
         self._executor: Optional[ThreadPoolExecutor] = None
         self._serial = threading.Lock()  # concurrency=1: one request at a time, whatever the calling threads
@@ -308,8 +351,12 @@ class Dispatcher:
         cost = self.provider.cost_per_query_usd * billed
         return QueryRecord(phase, index, None, raw, latency, cost, time.time(), self.provider.redact(message))
 
-    def query_batch(self, phase: str, start: int, images: np.ndarray) -> list[QueryRecord]:
+    def query_batch(self, phase: str, start: int, images: np.ndarray,
+                    abort: Optional[threading.Event] = None, hold: Optional[Hold] = None) -> list[QueryRecord]:
         """Query images [B, H, W, C] (samples start … start+B−1) until each has a final record.
+
+        When ``abort`` is set (another batch of the call failed for good), no further attempt
+        is made: the samples still pending are recorded as errors.
 
         Raises:
             _BatchFailed: a non-transient failure (credentials, a bug, the budget); it carries
@@ -322,9 +369,16 @@ class Dispatcher:
         billed = [0] * count
         finished: dict[int, QueryRecord] = {}
         pending = list(range(count))
+        abort = abort or threading.Event()
         try:
             while pending:
-                self.budget.reserve(len(pending), price * len(pending))
+                if abort.is_set():
+                    for i in pending:
+                        finished[i] = self._error_record(
+                            phase, start + i, f"abandoned after {attempts[i]} attempts: the call failed", 0.0, billed[i]
+                        )
+                    break
+                self.budget.reserve(len(pending), price * len(pending), hold)
                 if self.rate_limiter is not None:
                     self.rate_limiter.acquire()
                 batch = images if len(pending) == count else images[pending]
@@ -348,7 +402,7 @@ class Dispatcher:
                     logger.debug("%s: %s on %d queries (%s)", provider.identity, exc.kind, len(pending), provider.redact(str(exc)))
                     pending = retry_later
                     if pending:
-                        self._sleep(self.retry.delay(max(attempts[i] for i in pending), exc.retry_after, self._rng))
+                        abort.wait(self.retry.delay(max(attempts[i] for i in pending), exc.retry_after, self._rng))
                     continue
                 latency = time.perf_counter() - began
                 answers = list(answers)
@@ -385,73 +439,123 @@ class Dispatcher:
                     finished[i] = QueryRecord(phase, start + i, label, raw, latency, price * billed[i], now)
                 pending = retry_later
                 if pending:
-                    self._sleep(self.retry.delay(max(attempts[i] for i in pending), retry_after, self._rng))
+                    abort.wait(self.retry.delay(max(attempts[i] for i in pending), retry_after, self._rng))
         except BaseException as exc:
             raise _BatchFailed(exc, finished) from exc
         return [finished[i] for i in range(count)]
 
-    def _query_serially(self, phase: str, start: int, images: np.ndarray) -> list[QueryRecord]:
+    def _query_serially(self, phase: str, start: int, images: np.ndarray,
+                        abort: Optional[threading.Event] = None, hold: Optional[Hold] = None) -> list[QueryRecord]:
         with self._serial:
-            return self.query_batch(phase, start, images)
+            return self.query_batch(phase, start, images, abort, hold)
 
     # -- a whole phase, from the caller's thread -----------------------------------------
     def run(self, phase: str, batches: Iterable[tuple[int, np.ndarray]], total: int,
-            on_records: Callable[[Sequence[QueryRecord]], None]) -> None:
+            on_records: Callable[[Sequence[QueryRecord]], None], hold: Optional[Hold] = None) -> None:
         """Send every (start, images) batch and hand each batch's final records to ``on_records``
-        (called in this thread, in completion order). On a fatal failure no new batch is
-        sent, the batches in flight finish and are recorded, the failed batch's unfinished
-        samples are recorded as errors, and the failure is raised."""
-        bar = _progress_bar(self.progress, total, phase)
-        first_failure: Optional[BaseException] = None
+        (called in this thread, in completion order).
 
-        def collect(future_or_result, start: int, images: np.ndarray) -> None:
-            nonlocal first_failure
+        On a failure that retrying cannot fix — in a batch, in making the batches (the
+        denoiser) or in recording them (the log) — no new batch is sent, the batches in flight
+        stop retrying, finish and are recorded (the failed batch's unfinished samples as
+        errors), and the first failure is raised.
+        """
+        bar = _progress_bar(self.progress, total, phase)
+        abort = threading.Event()
+        failures: list[BaseException] = []
+
+        def fail(exc: BaseException) -> None:
+            failures.append(exc)
+            abort.set()
+
+        def deliver(records: Sequence[QueryRecord]) -> None:
+            if failures and isinstance(failures[0], _RecordingFailed):
+                return  # the log refused a write: do not try again
             try:
-                records = future_or_result.result() if isinstance(future_or_result, Future) else future_or_result()
-            except _BatchFailed as failed:
-                cause = failed.cause
-                message = self.provider.redact(f"{type(cause).__name__}: {cause}")
-                records = [
-                    failed.finished.get(i) or self._error_record(phase, start + i, message, 0.0, 0)
-                    for i in range(len(images))
-                ]
-                if first_failure is None:
-                    first_failure = cause
-            on_records(records)
+                on_records(records)
+            except BaseException as exc:
+                fail(_RecordingFailed(exc))
+                return
             if bar is not None:
                 bar.update(len(records))
 
+        def settle(outcome: Callable[[], list[QueryRecord]], start: int, images: np.ndarray) -> None:
+            try:
+                records = outcome()
+            except _BatchFailed as failed:
+                message = self.provider.redact(f"{type(failed.cause).__name__}: {failed.cause}")
+                sent = 0 if isinstance(failed.cause, BudgetExceededError) else 1
+                records = [
+                    failed.finished.get(i) or self._error_record(phase, start + i, message, 0.0, sent)
+                    for i in range(len(images))
+                ]
+                fail(failed.cause)
+            deliver(records)
+
+        iterator = iter(batches)
+
+        def next_batch() -> Optional[tuple[int, np.ndarray]]:
+            try:
+                return next(iterator)
+            except StopIteration:
+                return None
+            except BaseException as exc:  # the denoiser (or the noise) failed: nothing of it was sent
+                fail(exc)
+                return None
+
         try:
             if self.concurrency <= 1:
-                for start, images in batches:
-                    collect(lambda: self._query_serially(phase, start, images), start, images)
-                    if first_failure is not None:
+                while not failures:
+                    item = next_batch()
+                    if item is None:
                         break
+                    start, images = item
+                    settle(lambda: self._query_serially(phase, start, images, abort, hold), start, images)
             else:
                 executor = self._pool()
                 in_flight: dict[Future, tuple[int, np.ndarray]] = {}
+
+                def collect() -> None:
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        start, images = in_flight.pop(future)
+                        settle(future.result, start, images)
+
                 try:
-                    for start, images in batches:
+                    while not failures:
                         while len(in_flight) >= self.concurrency:
-                            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                            for future in done:
-                                collect(future, *in_flight.pop(future))
-                        if first_failure is not None:
+                            collect()
+                        if failures:
                             break
-                        in_flight[executor.submit(self.query_batch, phase, start, images)] = (start, images)
+                        item = next_batch()
+                        if item is None:
+                            break
+                        start, images = item
+                        in_flight[executor.submit(self.query_batch, phase, start, images, abort, hold)] = (start, images)
                     while in_flight:
-                        done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            collect(future, *in_flight.pop(future))
-                finally:
+                        collect()
+                except BaseException as exc:  # e.g. KeyboardInterrupt while waiting
+                    abort.set()
                     for future in in_flight:
                         future.cancel()
+                    raise exc
         finally:
             if bar is not None:
                 bar.close()
-        if first_failure is not None:
-            if isinstance(first_failure, RobustAPIError) or not isinstance(first_failure, Exception):
-                raise first_failure
+        if failures:
+            first = failures[0]
+            if isinstance(first, _RecordingFailed):
+                raise first.cause
+            if isinstance(first, RobustAPIError) or not isinstance(first, Exception):
+                raise first
             raise ProviderError(
-                self.provider.redact(f"{self.provider.identity} failed: {type(first_failure).__name__}: {first_failure}")
-            ) from first_failure
+                self.provider.redact(f"{self.provider.identity} failed: {type(first).__name__}: {first}")
+            ) from first
+
+
+class _RecordingFailed(Exception):
+    """Writing a batch's records failed (raised again as its cause once the run is over)."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause

@@ -23,6 +23,7 @@ from robust_api.errors import (
     BudgetExceededError,
     CredentialsError,
     InvalidImageError,
+    ProviderError,
     InvalidParameterError,
     TransientProviderError,
 )
@@ -357,10 +358,90 @@ def test_certify_many_keeps_one_at_a_time_providers_serial():
 def test_certify_many_checks_everything_before_any_query():
     provider = Scripted()
     api = _api(provider, max_queries=100)
-    with pytest.raises(BudgetExceededError, match="certifying 3 images"):
+    with pytest.raises(BudgetExceededError, match="for each of 3 images"):
         api.certify_many(_images(3), noise_sd=SIGMA, N0=10, N=30)
     with pytest.raises(InvalidImageError):
         api.certify_many(_images(2) + [np.full((8, 8, 1), np.nan, dtype=np.float32)], noise_sd=SIGMA, N0=2, N=2)
     with pytest.raises(InvalidParameterError):
         api.certify_many([], noise_sd=SIGMA)
     assert provider.requests == 0
+
+
+def test_answers_in_flight_are_recorded_when_the_denoiser_fails():
+    provider = Scripted(latency_s=0.01, batch=16)
+    calls = [0]
+
+    def denoiser(images):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("GPU fell over")
+        return images
+
+    api = _api(provider, concurrency=8, denoiser=denoiser)
+    with pytest.raises(Exception, match="GPU fell over"):
+        api.predict(IMAGE, N=5000, noise_sd=SIGMA)
+    call = next(iter(api.log))
+    answered = [r for r in call if r.error is None]
+    assert len(answered) == provider.images_answered == 4096  # every paid answer is in the log
+    assert api.spent.queries == provider.images_sent
+
+
+def test_a_fatal_failure_stops_retries_in_flight():
+    class Mixed(Scripted):
+        def send(self, images):
+            with self.lock:
+                self.requests += 1
+                number = self.requests
+            if number == 3:
+                raise CredentialsError("key refused")
+            raise TransientProviderError("throttled", "slow down", retry_after=2.0)
+
+    provider = Mixed(batch=1)
+    api = _api(provider, concurrency=4, retry=RetryPolicy(max_attempts=6, initial_backoff_s=0.0))
+    started = time.perf_counter()
+    with pytest.raises(CredentialsError):
+        api.predict(IMAGE, N=8, noise_sd=SIGMA)
+    assert time.perf_counter() - started < 1.5  # not 2 s per retry of the throttled batches
+    call = next(iter(api.log))
+    assert len(call) <= 8 and all(r.error is not None for r in call)
+
+
+def test_certify_many_stops_starting_images_after_a_fatal_failure():
+    provider = Scripted(fatal_after=0, batch=4)
+    api = _api(provider, concurrency=2)
+    with pytest.raises(CredentialsError):
+        api.certify_many(_images(20), noise_sd=SIGMA, N0=4, N=8)
+    assert provider.requests <= 4  # the images in progress, not all 20
+
+
+def test_certify_many_sequential_under_a_cap_stops_early_instead_of_failing():
+    provider = Scripted(batch=1, latency_s=0.001)
+    api = _api(provider, concurrency=8, max_queries=2000)
+    certs = api.certify_many(_images(12), noise_sd=SIGMA, N=1000, method="sequential", selection="clean")
+    assert len(certs) == 12 and provider.images_sent <= 2000 and api.spent.queries <= 2000
+    assert all(c.n >= 1 for c in certs)  # every image got at least its first look
+    assert any(c.stop_reason == "ended" for c in certs) or provider.images_sent < 2000
+
+
+def test_every_selection_query_failing_is_an_error_not_an_abstention():
+    provider = Scripted(fail_rate=1.0, kinds=("connection",))
+    api = _api(provider, retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.0))
+    with pytest.raises(ProviderError, match="every selection query failed"):
+        api.certify(IMAGE, noise_sd=SIGMA, N0=4, N=8)
+
+
+def test_holds_set_queries_aside_and_give_back_what_is_left():
+    budget = Budget(max_queries=100)
+    hold = budget.hold(60, 0.0, "a call")
+    assert budget.spent.queries == 60 and budget.queries_left(0.0) == 40
+    with pytest.raises(BudgetExceededError, match="another call needs up to 50"):
+        budget.hold(50, 0.0, "another call")
+    budget.reserve(16, 0.0, hold)  # drawn from the hold: nothing new counted
+    assert budget.spent.queries == 60 and hold.queries == 44
+    budget.reserve(40, 0.0)  # others still get what is not held
+    with pytest.raises(BudgetExceededError):
+        budget.reserve(1, 0.0)
+    budget.release(hold)  # 44 unused queries go back
+    assert budget.spent.queries == 56 and hold.queries == 0
+    budget.release(hold)  # releasing twice gives nothing back twice
+    assert budget.spent.queries == 56
