@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .api import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, RobustAPI
-from .errors import QueryLogError, RobustAPIError
+from .errors import InvalidParameterError, QueryLogError, RobustAPIError
 from .offline import METHODS, SELECTIONS
 from .planning import plan
 from .query_logs import export_jsonl, export_parquet, open_log
@@ -87,6 +87,11 @@ def _build_api(args: argparse.Namespace) -> RobustAPI:
         options["resize"] = args.resize
     if args.timeout is not None:
         options["timeout_s"] = args.timeout
+    if options and args.provider == "local":
+        raise InvalidParameterError(
+            f"{', '.join('--' + name.replace('_s', '') for name in options)} only apply to remote providers "
+            "(google, aws, azure, clarifai, http), not to --provider local"
+        )
     return RobustAPI(
         args.provider,
         denoiser=args.denoiser,
@@ -303,10 +308,14 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
             faults[kind] = float(rate)
         except ValueError:
             raise RobustAPIError(f"--fault takes KIND=RATE (e.g. throttle=0.05), got {item!r}") from None
+    api_key = None
+    if args.key_env:
+        api_key = os.environ.get(args.key_env)
+        if not api_key:
+            raise InvalidParameterError(f"--key-env {args.key_env}: that environment variable is not set")
     endpoint = start(
         args.name, host=args.host, port=args.port, protocol=args.protocol, latency_ms=args.latency_ms,
-        fail_rate=args.fail_rate, faults=faults or None, seed=args.seed, api_key=os.environ.get(args.key_env) if args.key_env else None,
-        rate_limit=args.rate_limit,
+        fail_rate=args.fail_rate, faults=faults or None, seed=args.seed, api_key=api_key, rate_limit=args.rate_limit,
     )
     print(endpoint, flush=True)
     print(f"robust-api: {args.name} emulator listening; Ctrl-C stops it", file=sys.stderr, flush=True)

@@ -83,3 +83,16 @@ def test_emulate_rejects_a_non_loopback_host(capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "0.0.0.0" in err and "127.0.0.1" in err
+
+
+def test_remote_options_with_the_local_provider_are_a_clear_error(tmp_path, capsys):
+    status = main(["certify", IMAGE, "--provider", "local", "--timeout", "5", "--noise-sd", "0.25",
+                   "--log", str(tmp_path / "l.sqlite3")])
+    assert status == 2
+    assert "--timeout only apply to remote providers" in capsys.readouterr().err
+
+
+def test_emulate_key_env_must_be_set(capsys, monkeypatch):
+    monkeypatch.delenv("ROBUST_API_TEST_UNSET_KEY", raising=False)
+    assert main(["emulate", "aws", "--key-env", "ROBUST_API_TEST_UNSET_KEY"]) == 2
+    assert "ROBUST_API_TEST_UNSET_KEY" in capsys.readouterr().err

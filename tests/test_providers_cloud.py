@@ -167,7 +167,11 @@ def test_labels_equal_the_bundled_classifier(variant, fmnist):
         assert all(0.0 <= score <= 1.0 for _, score in labels)
     assert endpoint.split("//")[1] in provider.identity or variant.startswith("http")
     if name in ("aws", "azure", "clarifai"):
-        assert provider.model_version  # recorded from the answers
+        # the answered version is in the stored answers; model_version stays as constructed
+        # (unpinned: None), since the query log matches reusable answers on it
+        assert provider.model_version is None
+        assert all(str(raw.get("LabelModelVersion") or raw.get("modelVersion")
+                       or raw.get("model", {}).get("model_version", {}).get("id") or "") for raw in raws)
 
 
 @pytest.mark.parametrize("variant", ["google-rest", "google-grpc", "aws", "azure-tag", "azure-v4", "clarifai-json", "http-raw"])
@@ -201,7 +205,7 @@ def test_identities_and_defaults():
         assert clarifai.identity == "clarifai:clarifai/main/general-image-recognition@v1@127.0.0.1:9"
         assert (clarifai.max_batch_size, clarifai.default_rate_limit) == (128, 15.0)
         http = HTTPProvider("http://127.0.0.1:8080/predictions/resnet?token=x")
-        assert http.identity == "http:http://127.0.0.1:8080/predictions/resnet"
+        assert http.identity == "http:http://127.0.0.1:8080/predictions/resnet"  # a secret-only query
         assert HTTPProvider("http://127.0.0.1:8080/p", name="resnet").identity == "http:resnet"
         assert http.cost_per_query_usd == 0.0 and http.default_rate_limit is None
 
@@ -526,6 +530,266 @@ def test_aws_smoke_test_against_moto():
         server.stop()
     assert provider.parse(raw) == "Mobile Phone"
     assert provider.labels(raw)[0] == ("Mobile Phone", pytest.approx(0.999364013671875))
-    assert provider.model_version == "3.0"
+    assert raw["LabelModelVersion"] == "3.0" and provider.model_version is None
     assert "ResponseMetadata" not in raw
     json.dumps(raw)
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+from contextlib import contextmanager
+
+from robust_api.errors import ProviderError, ProviderResponseError
+
+
+@contextmanager
+def tiny_server(answer):
+    """A one-route HTTP server on 127.0.0.1: ``answer(method, path) -> (status, body: dict | str)``."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    self.rfile.read(size + 2)
+                    if size == 0:
+                        break
+            status, body = answer(self.command, self.path)
+            data = (json.dumps(body) if isinstance(body, dict) else body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if isinstance(body, dict) else "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_POST = do_GET = do_PUT = _reply
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_model_version_is_fixed_at_construction():
+    """Pinned versions only; never the answered one (the log matches reusable answers on it)."""
+    assert make("aws", "http://127.0.0.1:9").model_version is None
+    assert make("azure-tag", "http://127.0.0.1:9").model_version is None  # "latest"
+    assert make("azure-tag", "http://127.0.0.1:9", model_version="2021-04-01").model_version == "2021-04-01"
+    assert make("azure-v4", "http://127.0.0.1:9", model_version="2023-10-01").model_version == "2023-10-01"
+    assert make("clarifai-grpc", "grpc://127.0.0.1:9").model_version is None
+    assert make("clarifai-grpc", "grpc://127.0.0.1:9", version_id="v123").model_version == "v123"
+
+
+def test_a_repeated_aws_certify_call_reuses_the_logged_answers(tmp_path):
+    from robust_api import RobustAPI
+
+    image = np.random.default_rng(0).random((28, 28, 1), dtype=np.float32)
+    with run("aws", None) as endpoint:
+        options = dict(endpoint=str(endpoint), resize="fit", log=tmp_path / "log.sqlite3", seed=0,
+                       aws_access_key_id=AWS_KEY_ID, aws_secret_access_key=AWS_SECRET, region_name="us-east-1")
+        api = RobustAPI("aws", **options)
+        first = api.certify(image, 0.25, N0=5, N=10)
+        sent = endpoint.stats["requests"]
+        assert sent == 15 and first.queries == 15
+        again = api.certify(image, 0.25, N0=5, N=10)  # the same object: its provider has answered before
+        assert endpoint.stats["requests"] == sent and again.queries == 0
+        fresh = RobustAPI("aws", **options).certify(image, 0.25, N0=5, N=10)
+        assert endpoint.stats["requests"] == sent and fresh.queries == 0
+    assert (again.label, again.radius) == (first.label, first.radius) == (fresh.label, fresh.radius)
+
+
+def test_aws_session_token_never_reaches_the_sdk_debug_logs(fmnist, caplog):
+    images, _ = fmnist
+    token = "SESSIONTOKEN-very-secret-123"
+    caplog.set_level(logging.DEBUG)
+    with run("aws", None) as endpoint:
+        provider = make("aws", endpoint, aws_session_token=token)
+        provider.send(images[:1])
+    names = {record.name for record in caplog.records}
+    assert {"botocore.endpoint", "botocore.auth"} <= names  # the wire dumps were logged
+    for record in caplog.records:
+        assert token not in record.getMessage() and AWS_SECRET not in record.getMessage()
+    assert token not in caplog.text and AWS_SECRET not in caplog.text
+
+
+def test_url_query_secrets_are_masked_in_urllib3_debug_logs(fmnist, caplog):
+    images, expected = fmnist
+    caplog.set_level(logging.DEBUG)
+    with run("http", None) as endpoint:
+        provider = HTTPProvider(f"{endpoint}?api_key=QUERYKEY-secret-42&model=a")
+        assert provider.parse(provider.send(images[:1])[0]) == expected[0]
+    client_records = [r for r in caplog.records if not r.name.startswith("robust_api.emulators")]  # the server knows it
+    assert any(r.name == "urllib3.connectionpool" and "/predict?" in r.getMessage() for r in client_records)
+    assert not any("QUERYKEY-secret-42" in r.getMessage() for r in client_records)
+    assert "QUERYKEY-secret-42" not in repr(provider)
+
+
+def test_messages_are_redacted_before_they_are_cut(monkeypatch):
+    token = "ZQXJ" + "k" * 40  # a cut at 200 characters falls inside it
+    monkeypatch.setenv("CUT_TOKEN", token)
+    with tiny_server(lambda method, path: (503, "x" * 190 + token + " tail")) as url:
+        provider = HTTPProvider(f"{url}/predict", bearer_token_env="CUT_TOKEN")
+        with pytest.raises(TransientProviderError) as info:
+            provider._send_encoded([b"png"])
+    assert "ZQXJ" not in str(info.value)
+    with pytest.raises(ProviderResponseError) as info:
+        provider.parse({"note": "y" * 100 + token})  # repr cut at 120 characters
+    assert "ZQXJ" not in str(info.value)
+    short = HTTPProvider("http://127.0.0.1:9/p?token=ab1")  # a short secret is still masked
+    assert "ab1" not in short.redact("key ab1 here") and "ab1" not in repr(short)
+
+
+def test_http_url_secrets_are_masked_before_validation():
+    for url in ("ftp://user:PASSWORD-123@host/p?api_key=QKEY-456",
+                "http://user:PASSWORD-123@host:notaport/p?api_key=QKEY-456",
+                "http://user:PASSWORD-123@/p?access_token=QKEY-456"):
+        with pytest.raises(InvalidParameterError) as info:
+            HTTPProvider(url)
+        assert "PASSWORD-123" not in str(info.value) and "QKEY-456" not in str(info.value), url
+
+
+def test_http_wrong_url_method_or_content_type_is_fatal(fmnist):
+    images, _ = fmnist
+    with run("http", None) as endpoint:
+        wrong_path = HTTPProvider(str(endpoint).replace("/predict", "/wrong"))
+        with pytest.raises(ProviderError) as info:
+            wrong_path.send(images[:1])
+        assert not isinstance(info.value, TransientProviderError) and "404" in str(info.value)
+        assert "check the URL" in str(info.value)
+    for status, words in ((404, "check the URL"), (405, "POST"), (415, "body='json'"), (409, "HTTP 409")):
+        with tiny_server(lambda method, path, status=status: (status, {"error": "no"})) as url:
+            with pytest.raises(ProviderError) as info:
+                HTTPProvider(f"{url}/p")._send_encoded([b"png"])
+        assert not isinstance(info.value, TransientProviderError) and words in str(info.value), status
+    for status in (400, 413, 422):  # these refuse one image
+        with tiny_server(lambda method, path, status=status: (status, {"error": "bad image"})) as url:
+            (answer,) = HTTPProvider(f"{url}/p")._send_encoded([b"png"])
+        assert isinstance(answer, QueryFailure) and answer.kind == "rejected", status
+
+
+def test_http_identity_includes_the_url_query():
+    a = HTTPProvider("http://127.0.0.1:8080/p?model=a")
+    b = HTTPProvider("http://127.0.0.1:8080/p?model=b")
+    plain = HTTPProvider("http://127.0.0.1:8080/p")
+    assert len({a.identity, b.identity, plain.identity}) == 3
+    assert a.identity.startswith("http:http://127.0.0.1:8080/p?")
+    with_key = HTTPProvider("http://127.0.0.1:8080/p?model=a&key=SECRETKEY1")
+    other_key = HTTPProvider("http://127.0.0.1:8080/p?model=a&key=SECRETKEY2")
+    assert with_key.identity == other_key.identity != a.identity  # the key's value is not in the digest
+    assert "SECRETKEY" not in with_key.identity
+    assert HTTPProvider("http://[::1]:8080/p").identity == "http:http://[::1]:8080/p"
+
+
+@pytest.mark.parametrize("api", ["v3.2", "v4"])
+def test_azure_400_is_a_rejected_image_only_for_image_codes(api):
+    answers = {
+        "NotSupportedVisualFeature": (400, {"error": {"code": "NotSupportedVisualFeature", "message": "no"}}),
+        "InvalidModelVersion": (400, {"error": {"code": "InvalidRequest", "message": "bad version",
+                                                "innererror": {"code": "InvalidModelVersion", "message": "x"}}}),
+        "InvalidImageSize": (400, {"error": {"code": "InvalidRequest", "message": "too big",
+                                             "innererror": {"code": "InvalidImageSize", "message": "x"}}}),
+        "InvalidImageFormat": (400, {"error": {"code": "InvalidImageFormat", "message": "not an image"}}),
+    }
+    for code, (status, body) in answers.items():
+        with tiny_server(lambda method, path, status=status, body=body: (status, body)) as url:
+            provider = AzureVisionProvider(endpoint=url, subscription_key=AZURE_KEY, api=api)
+            if code.startswith("InvalidImage"):
+                (answer,) = provider._send_encoded([b"png"])
+                assert isinstance(answer, QueryFailure) and answer.kind == "rejected", code
+            else:
+                with pytest.raises(ProviderError) as info:
+                    provider._send_encoded([b"png"])
+                assert not isinstance(info.value, TransientProviderError) and code in str(info.value)
+
+
+def test_azure_endpoint_without_a_scheme_is_refused_at_construction():
+    for endpoint in ("myresource.cognitiveservices.azure.com", "ftp://myresource.cognitiveservices.azure.com"):
+        with pytest.raises(InvalidParameterError) as info:
+            AzureVisionProvider(endpoint=endpoint, subscription_key=AZURE_KEY)
+        assert "https://<resource>.cognitiveservices.azure.com" in str(info.value)
+
+
+def test_clarifai_over_ipv6_loopback(fmnist):
+    images, expected = fmnist
+    try:
+        emulator = emulate("clarifai", protocol="grpc", host="::1")
+        endpoint = emulator.__enter__()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        assert str(endpoint).startswith("grpc://[::1]:")
+        provider = make("clarifai-grpc", endpoint, timeout_s=5)
+        assert provider.parse(provider.send(images[:1])[0]) == expected[0]
+    finally:
+        emulator.__exit__(None, None, None)
+
+
+def test_clarifai_dns_failures_and_account_limits():
+    import grpc
+    from clarifai_grpc.grpc.api import service_pb2
+    from clarifai_grpc.grpc.api.status import status_pb2
+
+    class Unavailable(grpc.RpcError):
+        def __init__(self, details):
+            self._details = details
+
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return self._details
+
+        def trailing_metadata(self):
+            return ()
+
+    provider = make("clarifai-grpc", "grpc://127.0.0.1:9")
+    for details in ("errors resolving api.example:443: DNS resolution failed", "DNS resolution failed for x:1",
+                    "failed to connect to all addresses"):
+        assert provider._rpc_error(Unavailable(details)).kind == "connection", details
+    assert provider._rpc_error(Unavailable("upstream busy")).kind == "server"
+    for code in (11003, 11006):
+        response = service_pb2.MultiOutputResponse(status=status_pb2.Status(code=code, description="limit"))
+        with pytest.raises(ProviderError) as info:
+            provider._answers(response, 1)
+        assert not isinstance(info.value, TransientProviderError) and "limit was reached" in str(info.value)
+    throttled = service_pb2.MultiOutputResponse(status=status_pb2.Status(code=11005, description="slow down"))
+    with pytest.raises(TransientProviderError):
+        provider._answers(throttled, 1)
+
+
+def test_resize_fit_refuses_shapes_no_scaling_can_fit():
+    aws = make("aws", "http://127.0.0.1:9")  # sides 80-10,000 px
+    narrow = np.broadcast_to(np.zeros((1, 1, 1), np.float32), (1, 20000, 1))
+    with pytest.raises(InvalidImageError, match="aspect ratio"):
+        aws.check_image(narrow)
+    assert aws.sent_shape(28, 28) == (84, 84)
+    assert aws.sent_shape(80, 10001) == (80, 10000)  # rounding alone does not take a side under 80
+    assert aws.sent_shape(1, 125) == (80, 10000)
+    with pytest.raises(InvalidImageError):
+        aws.sent_shape(1, 127)
+
+
+@pytest.mark.parametrize("variant", ["google-rest", "google-grpc", "aws", "azure-tag", "azure-v4",
+                                     "clarifai-grpc", "clarifai-json", "http-raw"])
+def test_tls_errors_are_fatal_configuration_errors(variant, fmnist):
+    images, _ = fmnist
+    name, protocol = VARIANTS[variant]
+    with run(name, protocol) as endpoint:  # a plain-text server addressed with a TLS scheme
+        secure = str(endpoint).replace("http://", "https://").replace("grpc://", "grpcs://")
+        provider = make(variant, secure, timeout_s=5, **({"transport": "grpc"} if variant == "google-grpc" else {}))
+        with pytest.raises(ProviderError) as info:
+            provider.send(images[:1])
+    assert not isinstance(info.value, TransientProviderError), str(info.value)
+    assert "TLS/SSL" in str(info.value)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError
 from .base import QueryFailure
-from .cloud import CloudProvider, ImageLimits, Labels, retry_after_seconds, unit_score
+from .cloud import CloudProvider, ImageLimits, Labels, is_ssl_error, retry_after_seconds, unit_score
 
 try:
     import boto3
@@ -91,12 +91,18 @@ class RekognitionProvider(CloudProvider):
     for smaller images). ``default_rate_limit`` is 50 requests/s: a placeholder — set
     ``rate_limit=`` to your account's DetectLabels TPS quota.
 
+    ``model_version`` is None: Rekognition cannot be pinned to a version; the version that
+    answered is kept in each stored answer (``LabelModelVersion``).
+
     Raises:
         CredentialsError: no credentials in the default chain (raised here, before any query).
     """
 
     name = "aws"
     ENDPOINT_ENV = "ROBUST_API_AWS_ENDPOINT"
+    # botocore.endpoint logs the prepared request (X-Amz-Security-Token included) and
+    # botocore.auth the canonical request at DEBUG
+    LOG_NAMES = ("botocore.endpoint", "botocore.auth", "botocore.parsers", "botocore.hooks", "urllib3.connectionpool")
     max_batch_size = 1
     default_rate_limit = 50.0
     limits = ImageLimits(
@@ -198,6 +204,11 @@ class RekognitionProvider(CloudProvider):
                 kind = "timeout" if status == 504 else "server"
                 raise self._transient(kind, f"aws server error ({text})", retry_after) from None
             raise ProviderError(self.redact(f"aws rejected the request ({text})")) from None
+        except bexc.SSLError as exc:  # before ConnectionError, its base class
+            raise ProviderError(self.redact(
+                f"aws: TLS/SSL error talking to {self._client.meta.endpoint_url} ({exc}); check the endpoint's "
+                "scheme (http:// or https://), its certificate and the CA bundle (AWS_CA_BUNDLE)"
+            )) from None
         except (bexc.ReadTimeoutError, bexc.ConnectTimeoutError) as exc:
             raise self._transient("timeout", f"aws timed out after {self.timeout_s:g} s ({exc})") from None
         except (bexc.EndpointConnectionError, bexc.ConnectionClosedError, bexc.ConnectionError, bexc.HTTPClientError) as exc:
@@ -207,15 +218,18 @@ class RekognitionProvider(CloudProvider):
         except (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.CredentialRetrievalError) as exc:
             raise CredentialsError(self.redact(f"aws: {exc}; {_CREDENTIALS_HELP}")) from None
         except bexc.BotoCoreError as exc:
+            if is_ssl_error(exc):
+                raise ProviderError(self.redact(
+                    f"aws: TLS/SSL error ({type(exc).__name__}: {exc}); check the endpoint's scheme and certificate"
+                )) from None
             raise ProviderError(self.redact(f"aws call failed ({type(exc).__name__}: {exc})")) from None
         raw = {key: value for key, value in response.items() if key != "ResponseMetadata"}
         labels = raw.get("Labels")
         if not isinstance(labels, list) or not all(isinstance(label, dict) and "Name" in label for label in labels):
             # botocore turns a non-JSON body into {"message": body}; a real answer always has Labels
-            raise self._transient("malformed", f"aws sent an answer without Labels: {str(raw)[:120]}")
-        version = raw.get("LabelModelVersion")
-        if version:
-            self.model_version = str(version)
+            raise self._transient("malformed", f"aws sent an answer without Labels: {self._clip(raw, 120)}")
+        # LabelModelVersion stays in the stored answer only: model_version is fixed at
+        # construction (the query log matches reusable answers on it)
         return _plain(raw)
 
     # -- parsing -------------------------------------------------------------------------

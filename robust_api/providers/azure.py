@@ -23,10 +23,11 @@ import os
 import threading
 from collections.abc import Sequence
 from typing import Any, Optional, Union
+from urllib.parse import urlsplit
 
 from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError
 from .base import QueryFailure
-from .cloud import CloudProvider, ImageLimits, Labels, retry_after_seconds, unit_score
+from .cloud import CloudProvider, ImageLimits, Labels, is_ssl_error, retry_after_seconds, unit_score
 
 try:
     import requests
@@ -48,6 +49,16 @@ logger = logging.getLogger(__name__)
 KEY_ENV = "AZURE_COMPUTER_VISION_SUBSCRIPTION_KEY"
 APIS = ("v3.2", "v4")
 OPERATIONS = ("tag", "analyze")
+
+#: error codes (top-level or inner) of a 400 that refuses this image, not the request
+_IMAGE_CODES = {
+    "InvalidImageFormat",
+    "InvalidImageSize",
+    "InvalidImageDimension",
+    "InvalidImageUrl",
+    "InvalidImage",
+    "NotSupportedImage",
+}
 
 _CREDENTIALS_HELP = (
     f"set {KEY_ENV} to a key of your Computer Vision resource (or pass subscription_key=) and "
@@ -73,12 +84,21 @@ class AzureVisionProvider(CloudProvider):
     One image per call; JPEG/PNG/GIF/BMP under 4 MB, sides 50–10,000 px (``resize="fit"`` for
     28×28 images). Default rate limit 10 requests/s (S1 allows up to 20 TPS; free tier 20/min).
 
+    ``model_version`` is the pinned version (None for ``"latest"``); the version that answered
+    is kept in each stored answer (``modelVersion``).
+
     Raises:
         CredentialsError: no endpoint or no key (here, before any query).
     """
 
     name = "azure"
     ENDPOINT_ENV = "AZURE_COMPUTER_VISION_ENDPOINT"
+    LOG_NAMES = (
+        "urllib3.connectionpool",
+        "msrest.http_logger",
+        "msrest.universal_http",
+        "azure.core.pipeline.policies.http_logging_policy",
+    )
     max_batch_size = 1
     default_rate_limit = 10.0
     limits = ImageLimits(
@@ -114,12 +134,21 @@ class AzureVisionProvider(CloudProvider):
                 "azure needs your Computer Vision resource's endpoint (Azure has no global endpoint): set "
                 "AZURE_COMPUTER_VISION_ENDPOINT or pass endpoint='https://<resource>.cognitiveservices.azure.com/'"
             )
+        parts = urlsplit(self.endpoint)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise InvalidParameterError(self.redact(
+                f"azure endpoint must be a URL with an http(s):// scheme, got {self.endpoint!r}: pass "
+                "'https://<resource>.cognitiveservices.azure.com' (the Endpoint shown under Keys and Endpoint "
+                "of your resource)"
+            ))
         if key is None:
             raise CredentialsError(f"azure: no subscription key found; {_CREDENTIALS_HELP}")
         self._key = key
         self.api = api
         self.operation = operation
         self.requested_model_version = model_version
+        # fixed here: the query log matches reusable answers on it
+        self.model_version = None if model_version == "latest" else model_version
         suffix = "" if model_version == "latest" else f":{model_version}"
         if api == "v4":
             self.identity = self._identity(f"azure:image_analysis.v4.tags{suffix}")
@@ -180,6 +209,8 @@ class AzureVisionProvider(CloudProvider):
         except HttpOperationError as exc:  # ComputerVisionErrorResponseException and kin
             return self._http_error(exc.response, _legacy_error_code(exc), str(exc))
         except ClientRequestError as exc:
+            if is_ssl_error(exc):
+                raise self._ssl_error(exc) from None
             inner = getattr(exc, "inner_exception", None)
             if isinstance(inner, requests.exceptions.Timeout) or "timed out" in str(exc).lower():
                 raise self._transient("timeout", f"azure timed out after {self.timeout_s:g} s ({exc})") from None
@@ -187,6 +218,8 @@ class AzureVisionProvider(CloudProvider):
         except (DeserializationError, ValueError) as exc:
             raise self._transient("malformed", f"azure sent an unreadable answer ({type(exc).__name__}: {exc})") from None
         except requests.exceptions.RequestException as exc:  # not wrapped by msrest
+            if is_ssl_error(exc):
+                raise self._ssl_error(exc) from None
             kind = "timeout" if isinstance(exc, requests.exceptions.Timeout) else "connection"
             raise self._transient(kind, f"azure request failed ({type(exc).__name__}: {exc})") from None
         if result is None:
@@ -232,11 +265,14 @@ class AzureVisionProvider(CloudProvider):
         except ClientAuthenticationError as exc:
             raise CredentialsError(self.redact(f"azure refused the key ({exc}); {_CREDENTIALS_HELP}")) from None
         except HttpResponseError as exc:
-            code = getattr(getattr(exc, "error", None), "code", None)
-            return self._http_error(exc.response, code, str(exc))
+            return self._http_error(exc.response, _v4_error_code(exc), str(exc))
         except ServiceRequestError as exc:
+            if is_ssl_error(exc):
+                raise self._ssl_error(exc) from None
             raise self._transient("connection", f"cannot reach azure at {self.endpoint} ({exc})") from None
         except ServiceResponseError as exc:
+            if is_ssl_error(exc):
+                raise self._ssl_error(exc) from None
             raise self._transient("connection", f"azure dropped the connection ({exc})") from None
         tags_result = getattr(result, "tags", None)
         values = list(getattr(tags_result, "list", None) or [])
@@ -247,11 +283,18 @@ class AzureVisionProvider(CloudProvider):
             tags.append({"name": str(tag.name), "confidence": float(tag.confidence)})
         return self._record({"tags": tags, "modelVersion": getattr(result, "model_version", None)})
 
-    def _record(self, raw: dict) -> dict:
+    @staticmethod
+    def _record(raw: dict) -> dict:
+        # the answered version stays in the stored answer only (model_version is fixed)
         if raw.get("modelVersion"):
             raw["modelVersion"] = str(raw["modelVersion"])
-            self.model_version = raw["modelVersion"]
         return raw
+
+    def _ssl_error(self, exc: BaseException) -> ProviderError:
+        return ProviderError(self.redact(
+            f"azure: TLS/SSL error talking to {self.endpoint} ({type(exc).__name__}: {exc}); check the endpoint's "
+            "scheme (https://<resource>.cognitiveservices.azure.com) and its certificate"
+        ))
 
     def _http_error(self, response: Any, code: Optional[str], message: str) -> QueryFailure:
         """Raise (or, for a refused image, return) the error for a non-200 answer."""
@@ -273,7 +316,13 @@ class AzureVisionProvider(CloudProvider):
         if status in (401, 403):
             raise CredentialsError(self.redact(f"azure refused the key ({text}); {_CREDENTIALS_HELP}")) from None
         if status == 400:
-            return self._failure("rejected", f"azure refused the image ({text})")
+            codes = set((code or "").split("/"))
+            if codes & _IMAGE_CODES or any(c.startswith("InvalidImage") for c in codes):
+                return self._failure("rejected", f"azure refused the image ({text})")
+            raise ProviderError(self.redact(
+                f"azure rejected the request with error code {code or 'none'} ({text}); this is not about one "
+                "image: check model_version=, operation= and api= against your resource's region and API version"
+            )) from None
         raise ProviderError(self.redact(f"azure rejected the request ({text})")) from None
 
     # -- parsing -------------------------------------------------------------------------
@@ -289,6 +338,17 @@ class AzureVisionProvider(CloudProvider):
         if not isinstance(tags, list):
             raise TypeError("tags must be a list")
         return [(str(tag["name"]), unit_score(tag["confidence"])) for tag in tags]
+
+
+def _v4_error_code(exc: Any) -> Optional[str]:
+    """``code`` (and the inner error's code) of an azure-core HttpResponseError, when the body had one."""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    inner = getattr(error, "innererror", None)
+    inner_code = inner.get("code") if isinstance(inner, dict) else getattr(inner, "code", None)
+    if inner_code and inner_code != code:
+        return f"{code}/{inner_code}"
+    return code
 
 
 def _legacy_error_code(exc: Any) -> Optional[str]:

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError
 from .base import QueryFailure
-from .cloud import CloudProvider, ImageLimits, Labels, retry_after_seconds, unit_score
+from .cloud import CloudProvider, ImageLimits, Labels, is_ssl_error, retry_after_seconds, unit_score
 
 try:
     import grpc
@@ -54,7 +54,10 @@ PAT_ENVS = ("CLARIFAI_PAT", "CLARIFAI_API_KEY")
 _SUCCESS = 10000
 _MIXED = 10010
 _FAILURE = 10020
-_THROTTLED = {11005, 11003, 11006}
+_THROTTLED = {11005}
+# CONN_EXCEED_HOURLY_LIMIT, CONN_EXCEEDS_LIMITS: the account's limit, not a burst: no short
+# backoff fixes them
+_ACCOUNT_LIMIT = {11003, 11006}
 _CREDENTIALS = {11000, 11001, 11002, 11007, 11008, 11009, 11200}
 _TIMEOUT = {40032, 98009, 21310}
 _CONNECTION = {40034}
@@ -90,29 +93,27 @@ def _code_name(code: int) -> str:
         return str(code)
 
 
-class _RedactingFilter(logging.Filter):
-    """Masks registered secrets in records of the ``clarifai`` logger (its JSON channel
-    logs request headers, the PAT included, at DEBUG)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            try:
-                message = record.getMessage()
-            except Exception:
-                return True
-            if any(secret in message for secret in self.secrets):
-                for secret in self.secrets:
-                    message = message.replace(secret, "***")
-                record.msg, record.args = message, ()
-        return True
+def _is_connection_failure(details: str) -> bool:
+    """True when a gRPC UNAVAILABLE's details say the server was never reached."""
+    lowered = details.lower()
+    return any(
+        marker in lowered
+        for marker in (
+            "failed to connect",
+            "connection refused",
+            "errors resolving",
+            "dns resolution failed",
+            "name resolution",
+            "domain name not found",
+        )
+    )
 
 
-_LOG_FILTER = _RedactingFilter()
-logging.getLogger("clarifai").addFilter(_LOG_FILTER)
+def _is_tls_failure(details: str) -> bool:
+    """True when a gRPC failure's details say the TLS handshake failed (a wrong scheme or an
+    untrusted certificate: configuration, not a transient failure)."""
+    lowered = details.lower()
+    return "handshake failed" in lowered or "ssl_error" in lowered or "certificate verify failed" in lowered
 
 
 class _TimeoutAdapter(requests.adapters.HTTPAdapter):
@@ -144,12 +145,17 @@ class ClarifaiProvider(CloudProvider):
     Up to 128 images per request (``max_batch_size``); images up to 20 MB; default rate limit
     15 requests/s (Clarifai's documented limit on every plan).
 
+    ``model_version`` is ``version_id`` (None when unpinned); the version that answered is kept
+    in each stored answer (``model.model_version.id``).
+
     Raises:
         CredentialsError: no PAT (here, before any query).
     """
 
     name = "clarifai"
     ENDPOINT_ENV = "ROBUST_API_CLARIFAI_ENDPOINT"
+    # the JSON channel logs request headers, the PAT included, at DEBUG on "clarifai"
+    LOG_NAMES = ("clarifai", "clarifai_grpc", "urllib3.connectionpool")
     max_batch_size = 128
     default_rate_limit = 15.0
     limits = ImageLimits(
@@ -186,9 +192,10 @@ class ClarifaiProvider(CloudProvider):
             raise CredentialsError(f"clarifai: no Personal Access Token found; {_CREDENTIALS_HELP}")
         pat = pat.strip()
         self._add_secret(pat)
-        _LOG_FILTER.secrets.add(pat)
         self._metadata = (("authorization", "Key " + pat),)
         self.user_id, self.app_id, self.model_id, self.version_id = user_id, app_id, model_id, version_id
+        # fixed here: the query log matches reusable answers on it
+        self.model_version = version_id
         base = f"clarifai:{user_id}/{app_id}/{model_id}" + (f"@{version_id}" if version_id else "")
         self.identity = self._identity(base)
         self._json = False
@@ -206,18 +213,22 @@ class ClarifaiProvider(CloudProvider):
                     channel.session.mount("https://", adapter)
                     self._json = True
                 elif scheme in ("grpc", "grpcs"):
-                    if not parts.hostname:
-                        raise InvalidParameterError(f"clarifai endpoint has no host: {endpoint!r}")
+                    try:
+                        host, port = parts.hostname, parts.port
+                    except ValueError as exc:  # a port that is not a number
+                        raise InvalidParameterError(self.redact(f"clarifai endpoint {endpoint!r}: {exc}")) from None
+                    if not host:
+                        raise InvalidParameterError(self.redact(f"clarifai endpoint has no host: {endpoint!r}"))
+                    # an IPv6 address goes in brackets in a gRPC target ("[::1]:18080")
+                    base = f"[{host}]" if ":" in host else host
                     if scheme == "grpc":
-                        channel = ClarifaiChannel.get_insecure_grpc_channel(
-                            base=parts.hostname, port=parts.port or 18080
-                        )
+                        channel = ClarifaiChannel.get_insecure_grpc_channel(base=base, port=port or 18080)
                     else:
-                        channel = ClarifaiChannel.get_grpc_channel(base=parts.netloc)
+                        channel = ClarifaiChannel.get_grpc_channel(base=f"{base}:{port or 443}")
                 else:
-                    raise InvalidParameterError(
+                    raise InvalidParameterError(self.redact(
                         f"clarifai endpoint must start with grpc://, grpcs://, http:// or https://, got {endpoint!r}"
-                    )
+                    ))
             self._stub = service_pb2_grpc.V2Stub(channel)
         self._channel = channel
         logger.debug("clarifai provider %s (%s channel)", self.identity, "json" if self._json else "gRPC")
@@ -251,6 +262,8 @@ class ClarifaiProvider(CloudProvider):
         except ApiError as exc:
             raise self._api_error(exc) from None
         except requests.exceptions.RequestException as exc:
+            if is_ssl_error(exc):
+                raise self._ssl_error(type(exc).__name__) from None
             kind = "timeout" if isinstance(exc, requests.exceptions.Timeout) else "connection"
             raise self._transient(kind, f"clarifai request failed ({type(exc).__name__})") from None
         except Exception as exc:  # the JSON channel's dict → protobuf conversion
@@ -269,6 +282,11 @@ class ClarifaiProvider(CloudProvider):
         if code not in (_SUCCESS, _MIXED, _FAILURE):
             if code in _CREDENTIALS:
                 raise CredentialsError(self.redact(f"clarifai refused the token: {text}; {_CREDENTIALS_HELP}"))
+            if code in _ACCOUNT_LIMIT:
+                raise ProviderError(self.redact(
+                    f"clarifai: your account's usage limit was reached ({text}); waiting a few seconds does not "
+                    "lift it: wait for the limit to reset, or raise it in your Clarifai plan"
+                ))
             kind = _code_kind(code)
             if kind is not None:
                 raise self._transient(kind, f"clarifai: {text}")
@@ -281,6 +299,11 @@ class ClarifaiProvider(CloudProvider):
         answers: list[Union[dict, QueryFailure]] = []
         for output in outputs:
             output_code = int(output.status.code)
+            if output_code in _ACCOUNT_LIMIT:
+                raise ProviderError(self.redact(
+                    f"clarifai: your account's usage limit was reached ({_code_name(output_code)} ({output_code}): "
+                    f"{output.status.description}); wait for the limit to reset, or raise it in your Clarifai plan"
+                ))
             if output_code not in (_SUCCESS, 0):  # 0: no per-output status (success)
                 kind = _code_kind(output_code) or "rejected"
                 answers.append(
@@ -308,9 +331,8 @@ class ClarifaiProvider(CloudProvider):
         if "id" in model:
             model_raw["id"] = model["id"]
         version = (model.get("model_version") or {}).get("id")
-        if version:
+        if version:  # kept in the stored answer only: model_version is fixed at construction
             model_raw["model_version"] = {"id": version}
-            self.model_version = str(version)
         if model_raw:
             raw["model"] = model_raw
         return raw
@@ -335,8 +357,9 @@ class ClarifaiProvider(CloudProvider):
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return self._transient("timeout", f"clarifai timed out after {self.timeout_s:g} s ({text})")
         if code == grpc.StatusCode.UNAVAILABLE:
-            lowered = details.lower()
-            kind = "connection" if ("failed to connect" in lowered or "connection refused" in lowered) else "server"
+            if _is_tls_failure(details):
+                return self._ssl_error(text)
+            kind = "connection" if _is_connection_failure(details) else "server"
             return self._transient(kind, f"clarifai unavailable ({text})", retry_after)
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             return CredentialsError(self.redact(f"clarifai refused the token ({text}); {_CREDENTIALS_HELP}"))
@@ -352,6 +375,8 @@ class ClarifaiProvider(CloudProvider):
         """The error for the JSON channel's ApiError: a transport failure (the requests
         exception is its context) or a body that is not JSON (its args carry the response)."""
         cause = exc.__context__
+        if isinstance(cause, BaseException) and is_ssl_error(cause):
+            return self._ssl_error(type(cause).__name__)
         if isinstance(cause, requests.exceptions.Timeout):
             return self._transient("timeout", f"clarifai timed out after {self.timeout_s:g} s ({type(cause).__name__})")
         if isinstance(cause, requests.exceptions.RequestException):
@@ -366,6 +391,13 @@ class ClarifaiProvider(CloudProvider):
         if status >= 500:
             return self._transient("server", f"clarifai server error (HTTP {status}, body not JSON)")
         return self._transient("malformed", f"clarifai sent a body that is not JSON (HTTP {status or '?'})")
+
+    def _ssl_error(self, text: str) -> ProviderError:
+        return ProviderError(self.redact(
+            f"clarifai: TLS/SSL error talking to {self.endpoint or 'api.clarifai.com'} ({text}); check the "
+            "endpoint's scheme (grpc:// is plain gRPC, grpcs:// is gRPC over TLS, http:// or https:// the JSON "
+            "channel) and its certificate"
+        ))
 
     # -- parsing -------------------------------------------------------------------------
     @staticmethod

@@ -17,6 +17,8 @@ import io
 import logging
 import math
 import os
+import ssl
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -32,9 +34,12 @@ __all__ = [
     "CloudProvider",
     "ImageLimits",
     "NO_LABEL",
+    "SecretRedactingFilter",
     "top_label",
     "env_endpoint",
     "is_loopback_url",
+    "is_ssl_error",
+    "redact_logs",
     "retry_after_seconds",
     "unit_score",
 ]
@@ -129,6 +134,98 @@ def retry_after_seconds(value: Any) -> Optional[float]:
     return max(0.0, seconds)
 
 
+class SecretRedactingFilter(logging.Filter):
+    """A :class:`logging.Filter` that masks registered secrets in a record's message.
+
+    SDKs dump requests at DEBUG (botocore logs the session token and the canonical request,
+    Clarifai's JSON channel its headers). A logger's filters only see records logged on that
+    very logger, not those of its children, so :func:`redact_logs` attaches the filter to
+    each exact logger name an SDK writes its wire dumps to.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, secret: Optional[str]) -> None:
+        """Mask ``secret`` (ignored when empty) from now on."""
+        if secret:
+            with self._lock:
+                self._secrets.add(str(secret))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The registered secrets, longest first (so one that contains another is masked whole)."""
+        with self._lock:
+            return tuple(sorted(self._secrets, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format: leave it to the handler to report
+            return True
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        if record.exc_info and not record.exc_text:
+            # the traceback of an SDK error may quote a request: when it does, format it now, masked
+            try:
+                text = logging.Formatter().formatException(record.exc_info)
+            except Exception:
+                return True
+            if self.redact(text) != text:
+                record.exc_text = self.redact(text)
+        elif record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+#: The one filter every provider registers its secrets with.
+LOG_FILTER = SecretRedactingFilter()
+_FILTERED_LOGGERS: set[str] = set()
+_FILTERED_LOCK = threading.Lock()
+
+
+def redact_logs(logger_names: Sequence[str], secrets: Sequence[Optional[str]] = ()) -> None:
+    """Mask ``secrets`` in every record logged on the loggers named ``logger_names`` (exact names)."""
+    for secret in secrets:
+        LOG_FILTER.add(secret)
+    with _FILTERED_LOCK:
+        for name in logger_names:
+            if name not in _FILTERED_LOGGERS:
+                logging.getLogger(name).addFilter(LOG_FILTER)
+                _FILTERED_LOGGERS.add(name)
+
+
+def is_ssl_error(exc: BaseException) -> bool:
+    """True when ``exc`` or an exception it wraps is a TLS/SSL failure (wrong scheme, bad or
+    untrusted certificate): a configuration problem that retrying does not fix."""
+    seen: set[int] = set()
+    pending: list[Any] = [exc]
+    while pending:
+        error = pending.pop()
+        if not isinstance(error, BaseException) or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLError) or type(error).__name__ in (
+            "SSLError", "SSLCertVerificationError", "CertificateError", "SSLZeroReturnError"
+        ):
+            return True
+        pending.extend([error.__cause__, error.__context__, getattr(error, "inner_exception", None),
+                        getattr(error, "reason", None), getattr(error, "original_error", None)])
+        pending.extend(arg for arg in getattr(error, "args", ()) if isinstance(arg, BaseException))
+    return False
+
+
 def unit_score(value: Any, scale: float = 1.0) -> float:
     """A label score as a float in [0, 1]: ``value / scale``.
 
@@ -180,6 +277,9 @@ class CloudProvider(Provider):
     ENDPOINT_ENV: str = ""
     limits: ImageLimits = ImageLimits(max_bytes=4 << 20)
     default_concurrency = 16
+    #: exact names of the loggers the adapter's SDK writes request dumps to: every secret the
+    #: adapter registers is masked in their records
+    LOG_NAMES: tuple[str, ...] = ("urllib3.connectionpool",)
 
     def __init__(
         self,
@@ -217,14 +317,27 @@ class CloudProvider(Provider):
 
     # -- secrets -------------------------------------------------------------------------
     def _add_secret(self, value: Optional[str]) -> None:
+        """Mask ``value`` in every message of this provider and in its SDK's log records."""
         if value:
-            self._secrets.append(str(value))
+            value = str(value)
+            if value not in self._secrets:
+                self._secrets.append(value)
+                # longest first, so a secret that contains another is masked whole
+                self._secrets.sort(key=len, reverse=True)
+            redact_logs(self.LOG_NAMES, [value])
 
     def redact(self, text: str) -> str:
+        text = str(text)
         for secret in getattr(self, "_secrets", ()):  # also safe on a half-built object
             if secret and secret in text:
                 text = text.replace(secret, "***")
         return text
+
+    def _clip(self, text: Any, limit: int) -> str:
+        """``text`` redacted, then cut to ``limit`` characters (in that order: a cut inside a
+        secret must not leave its prefix in the message)."""
+        text = self.redact(str(text))
+        return text if len(text) <= limit else text[:limit] + "…"
 
     def __repr__(self) -> str:
         endpoint = getattr(self, "endpoint", None)
@@ -261,7 +374,15 @@ class CloudProvider(Provider):
                 h, w = h * factor, w * factor
             if max(h, w) > limits.max_side:
                 scale = limits.max_side / max(h, w)
-                h, w = max(1, math.floor(h * scale)), max(1, math.floor(w * scale))
+                h, w = self._scaled_side(h, scale), self._scaled_side(w, scale)
+            if min(h, w) < limits.min_side or max(h, w) > limits.max_side:
+                ratio = max(height, width) / min(height, width)
+                raise InvalidImageError(
+                    f"resize='fit' cannot fit a {height}×{width} image into {self.name}'s limits: both sides must "
+                    f"be between {limits.min_side} and {limits.max_side} px ({limits.source}), so the aspect ratio "
+                    f"can be at most {limits.max_side / limits.min_side:g}:1, and this one is {ratio:g}:1. Crop or "
+                    "pad the image to a less elongated shape before certifying"
+                )
             return h, w
         if min(h, w) < limits.min_side or max(h, w) > limits.max_side:
             raise InvalidImageError(
@@ -270,6 +391,15 @@ class CloudProvider(Provider):
                 "after the noise (the certificate stays valid for the original image), or resize it yourself"
             )
         return h, w
+
+    def _scaled_side(self, side: int, scale: float) -> int:
+        """``side × scale`` rounded down, but not below the minimum side when only the rounding
+        would take it there."""
+        exact = side * scale
+        scaled = max(1, math.floor(exact))
+        if scaled < self.limits.min_side <= math.ceil(exact):
+            scaled = self.limits.min_side
+        return scaled
 
     def check_image(self, image: np.ndarray) -> None:
         h, w = self.sent_shape(image.shape[0], image.shape[1])
@@ -326,7 +456,9 @@ class CloudProvider(Provider):
         try:
             labels = self.labels(raw)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise ProviderResponseError(f"not a {self.name} response ({type(exc).__name__}): {raw!r:.120}") from None
+            raise ProviderResponseError(
+                f"not a {self.name} response ({type(exc).__name__}): {self._clip(repr(raw), 120)}"
+            ) from None
         if self.label_fn is None:
             return top_label(labels)
         label = self.label_fn(labels)

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError
 from .base import QueryFailure
-from .cloud import CloudProvider, ImageLimits, Labels, is_loopback_url, retry_after_seconds, unit_score
+from .cloud import CloudProvider, ImageLimits, Labels, is_loopback_url, is_ssl_error, retry_after_seconds, unit_score
 
 try:
     import grpc
@@ -125,6 +125,11 @@ class GoogleVisionProvider(CloudProvider):
 
     name = "google"
     ENDPOINT_ENV = "ROBUST_API_GOOGLE_ENDPOINT"
+    LOG_NAMES = (
+        "urllib3.connectionpool",
+        "google.auth.transport.requests",
+        "google.cloud.vision_v1.services.image_annotator.transports.rest",
+    )
     max_batch_size = 16
     default_rate_limit = 30.0
     limits = ImageLimits(
@@ -200,8 +205,9 @@ class GoogleVisionProvider(CloudProvider):
                 scopes=["https://www.googleapis.com/auth/cloud-vision", "https://www.googleapis.com/auth/cloud-platform"]
             )
         except google.auth.exceptions.DefaultCredentialsError as exc:
+            first_line = (str(exc).splitlines() or [""])[0]
             raise CredentialsError(
-                self.redact(f"google: no credentials found ({str(exc).splitlines()[0][:200]}); {_CREDENTIALS_HELP}")
+                self.redact(f"google: no credentials found ({self._clip(first_line, 200)}); {_CREDENTIALS_HELP}")
             ) from None
         return credentials
 
@@ -246,6 +252,11 @@ class GoogleVisionProvider(CloudProvider):
         text = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, gexc.RetryError) and exc.cause is not None:
             return self._translate(exc.cause)
+        if is_ssl_error(exc) or (isinstance(exc, gexc.ServiceUnavailable) and _is_tls_failure(str(exc))):
+            return ProviderError(self.redact(
+                f"google: TLS/SSL error talking to {self._where()} ({text}); check the endpoint's scheme "
+                "(http:// and grpc:// are plain, https:// and grpcs:// use TLS) and its certificate"
+            ))
         if isinstance(exc, gexc.GoogleAPICallError):
             retry_after = _retry_after(exc)
             reason = (getattr(exc, "reason", None) or "").upper()
@@ -304,6 +315,11 @@ def _is_connection_failure(message: str) -> bool:
         marker in message
         for marker in ("failed to connect", "connection refused", "connect failed", "dns resolution", "name resolution")
     )
+
+
+def _is_tls_failure(message: str) -> bool:
+    message = message.lower()
+    return "handshake failed" in message or "ssl_error" in message or "certificate verify failed" in message
 
 
 def _retry_after(exc: Any) -> Optional[float]:

@@ -21,12 +21,14 @@ so :meth:`HTTPProvider.labels` is pure and reads the stored record alone.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
-from urllib.parse import urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError, ProviderResponseError
 from .base import QueryFailure
@@ -45,6 +47,48 @@ __all__ = ["HTTPProvider", "normalize_answer"]
 logger = logging.getLogger(__name__)
 
 BODIES = ("raw", "json")
+
+#: query parameters whose values are secrets (masked in messages and logs, left out of the identity)
+_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|credential|signature|^sig$|^code$", re.IGNORECASE)
+
+#: client errors that refuse one image (for one-image requests); any other 4xx is fatal
+_IMAGE_STATUSES = {400, 413, 422}
+_FATAL_HINTS = {
+    404: "not found: check the URL's path",
+    405: "method not allowed: the URL must accept POST",
+    406: "not acceptable: the server cannot answer with JSON",
+    410: "gone: check the URL's path",
+    411: "length required",
+    415: "unsupported media type: the server does not take {content_type}; try body='{other}'",
+}
+
+
+def _url_query_secrets(query: str) -> list[str]:
+    """Values (raw and decoded) of the secret-looking parameters of a URL query."""
+    secrets = []
+    for piece in re.split(r"[&;]", query):
+        name, _, value = piece.partition("=")
+        if value and _SECRET_PARAM.search(unquote_plus(name)):
+            secrets.extend({value, unquote_plus(value), unquote(value)})
+    return secrets
+
+
+def _query_digest(query: str) -> str:
+    """A short sha256 of a URL query with the values of secret-looking parameters left out
+    ("" for an empty query or one made of such parameters only)."""
+    kept, public = [], False
+    for piece in re.split(r"[&;]", query):
+        if not piece:
+            continue
+        name, _, value = piece.partition("=")
+        if _SECRET_PARAM.search(unquote_plus(name)):
+            kept.append(name)  # the parameter's presence, not its value
+        else:
+            kept.append(f"{name}={value}")
+            public = True
+    if not public:
+        return ""
+    return hashlib.sha256("&".join(kept).encode("utf-8")).hexdigest()[:12]
 
 
 def normalize_answer(answer: Any, label_key: str = "label", score_key: str = "score") -> Labels:
@@ -106,7 +150,10 @@ class HTTPProvider(CloudProvider):
             for json, ``""`` — the whole body — for raw).
         label_key, score_key: key names in dict answers (default "label" / "score").
         batch_size: images per request for ``body="json"`` (default 1; must be 1 for raw).
-        name: a name for the identity (``http:<name>``); default: ``http:<scheme://host:port/path>``.
+        name: a name for the identity (``http:<name>``; the caller vouches that everything
+            sent to that name is one model); default: ``http:<scheme://host:port/path>``, plus
+            ``?<sha256 of the query>[:12]`` when the URL has a query (values of key / token /
+            secret parameters are left out of the digest and masked in every message).
         **kwargs: :class:`~robust_api.providers.cloud.CloudProvider` options (``timeout_s`` = 30,
             ``label_fn``, ``resize``, ``cost_per_query_usd`` = 0, ``max_labels`` — not sent).
 
@@ -154,10 +201,16 @@ class HTTPProvider(CloudProvider):
                 "the http provider needs the model server's URL: pass url='http://host:port/path' "
                 "(or endpoint=) or set ROBUST_API_HTTP_URL"
             )
-        parts = urlsplit(self.endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidParameterError(f"url must start with http:// or https:// and name a host, got {self.endpoint!r}")
-        self._add_secret(parts.password)
+        self._add_url_secrets(self.endpoint)  # before any message can echo the URL
+        try:
+            parts = urlsplit(self.endpoint)
+            hostname, port_number = parts.hostname, parts.port
+        except ValueError as exc:  # bad brackets or port
+            raise InvalidParameterError(self.redact(f"url {self.endpoint!r} is not a valid URL ({exc})")) from None
+        if parts.scheme not in ("http", "https") or not hostname:
+            raise InvalidParameterError(
+                self.redact(f"url must start with http:// or https:// and name a host, got {self.endpoint!r}")
+            )
         if body not in BODIES:
             raise InvalidParameterError(f"body must be one of {BODIES}, got {body!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -178,10 +231,25 @@ class HTTPProvider(CloudProvider):
         self.label_key, self.score_key = label_key, score_key
         self._headers = self._resolve_headers(headers, bearer_token_env)
         self.url = self.endpoint
-        port = f":{parts.port}" if parts.port else ""
-        self.identity = f"http:{name}" if name else f"http:{parts.scheme}://{parts.hostname}{port}{parts.path}"
+        port = f":{port_number}" if port_number else ""
+        host = f"[{hostname}]" if ":" in hostname else hostname
+        digest = _query_digest(parts.query)
+        query = f"?{digest}" if digest else ""
+        self.identity = f"http:{name}" if name else f"http:{parts.scheme}://{host}{port}{parts.path}{query}"
         self._local = threading.local()
         logger.debug("http provider %s (%s body)", self.identity, body)
+
+    def _add_url_secrets(self, url: str) -> None:
+        """Register the URL's password and secret-looking query values (raw and decoded)."""
+        netloc = url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        userinfo, at, _ = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+            for value in {password, unquote(password)}:
+                self._add_secret(value)
+        query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
+        for value in _url_query_secrets(query):
+            self._add_secret(value)
 
     def _resolve_headers(self, headers: Optional[Mapping[str, str]], bearer_token_env: Optional[str]) -> dict[str, str]:
         resolved: dict[str, str] = {}
@@ -245,6 +313,11 @@ class HTTPProvider(CloudProvider):
     def _post(self, count: int, **kwargs: Any) -> Union[Any, QueryFailure]:
         try:
             response = self._session().post(self.url, timeout=self.timeout_s, **kwargs)
+        except requests.exceptions.SSLError as exc:  # before ConnectionError, its base class
+            raise ProviderError(self.redact(
+                f"{self.identity}: TLS/SSL error ({exc}); check the URL's scheme (http:// or https://), the "
+                "server's certificate and the CA bundle (REQUESTS_CA_BUNDLE)"
+            )) from None
         except requests.exceptions.Timeout as exc:
             raise self._transient("timeout", f"{self.identity} timed out after {self.timeout_s:g} s ({exc})") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
@@ -254,7 +327,7 @@ class HTTPProvider(CloudProvider):
         except requests.exceptions.RequestException as exc:
             raise ProviderError(self.redact(f"{self.identity}: request failed ({type(exc).__name__}: {exc})")) from None
         status = response.status_code
-        snippet = response.text[:200] if status >= 400 else ""
+        snippet = self._clip(response.text, 200) if status >= 400 else ""
         if status == 429:
             raise self._transient(
                 "throttled", f"{self.identity} throttled the request (HTTP 429: {snippet})",
@@ -272,17 +345,22 @@ class HTTPProvider(CloudProvider):
             raise CredentialsError(
                 self.redact(f"{self.identity} refused the credentials (HTTP {status}: {snippet}); check headers= / bearer_token_env=")
             )
+        if status in _IMAGE_STATUSES and count == 1:
+            return self._failure("rejected", f"{self.identity} refused the image (HTTP {status}: {snippet})")
         if status >= 400:
-            if count == 1:
-                return self._failure("rejected", f"{self.identity} refused the image (HTTP {status}: {snippet})")
-            raise ProviderError(self.redact(f"{self.identity} rejected the request (HTTP {status}: {snippet})"))
+            hint = _FATAL_HINTS.get(status, "the request itself was refused, not one image")
+            hint = hint.format(
+                content_type="image/png" if self.body == "raw" else "application/json",
+                other="json" if self.body == "raw" else "raw",
+            )
+            raise ProviderError(self.redact(f"{self.identity} answered HTTP {status} ({hint}): {snippet}"))
         if status >= 300:
             raise ProviderError(self.redact(f"{self.identity} answered HTTP {status}; give the final URL"))
         try:
             return response.json()
         except ValueError:
             raise self._transient(
-                "malformed", f"{self.identity} sent a body that is not JSON: {response.text[:120]!r}"
+                "malformed", f"{self.identity} sent a body that is not JSON: {self._clip(response.text, 120)!r}"
             ) from None
 
     def _locate(self, document: Any) -> Any:
@@ -290,7 +368,7 @@ class HTTPProvider(CloudProvider):
             return _at(document, self.labels_at)
         except (KeyError, IndexError, ValueError, TypeError):
             raise self._transient(
-                "malformed", f"{self.identity} sent an answer without {self.labels_at!r}: {str(document)[:120]}"
+                "malformed", f"{self.identity} sent an answer without {self.labels_at!r}: {self._clip(document, 120)}"
             ) from None
 
     def _record(self, answer: Any) -> dict:
@@ -299,7 +377,7 @@ class HTTPProvider(CloudProvider):
         except (KeyError, TypeError, ValueError) as exc:
             raise ProviderResponseError(
                 self.redact(
-                    f"cannot read labels from {self.identity}'s answer {str(answer)[:120]} ({type(exc).__name__}: {exc}); "
+                    f"cannot read labels from {self.identity}'s answer {self._clip(answer, 120)} ({type(exc).__name__}: {exc}); "
                     "set labels_at=, label_key= and score_key= to match the server's JSON"
                 )
             ) from None
