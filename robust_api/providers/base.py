@@ -73,7 +73,10 @@ class Provider(ABC):
     Attributes:
         identity: stable identity written to the log and used to match resumable records,
             e.g. ``"local:fashion_mnist_cnn"``. Must not contain secrets.
-        model_version: the model version when known (None otherwise).
+        model_version: the model version fixed at construction (pinned by the user, or the
+            local weights' digest), None otherwise. It never changes afterwards: the log reuses
+            answers only between calls with the same value. Versions a service reports per
+            answer stay in the stored raw responses.
         max_batch_size: the most images one ``send`` call may carry.
         cost_per_query_usd: price of one image query (0.0 for local models).
         default_concurrency: requests in flight when ``RobustAPI(concurrency=None)`` (1 for
