@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -318,13 +319,19 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
         fail_rate=args.fail_rate, faults=faults or None, seed=args.seed, api_key=api_key, rate_limit=args.rate_limit,
     )
     print(endpoint, flush=True)
-    print(f"robust-api: {args.name} emulator listening; Ctrl-C stops it", file=sys.stderr, flush=True)
+    print(f"robust-api: {args.name} emulator listening; Ctrl-C (or SIGTERM) stops it", file=sys.stderr, flush=True)
+
+    def terminate(signum, frame):  # SIGTERM stops it as Ctrl-C does (a background job ignores SIGINT)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         endpoint.stop()
     return 0
 
