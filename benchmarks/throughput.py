@@ -94,7 +94,7 @@ def main() -> int:
         speedup = per_image_slow * len(fast) / fast_s
         rate = requests / fast_s
         rows.append([
-            name, api.dispatcher.concurrency, api.provider.max_batch_size, f"{limit:g}/s" if limit else "none",
+            name, api.concurrency, api.provider.max_batch_size, f"{limit:g}/s" if limit else "none",
             requests, f"{fast_s:.1f}", f"{slow_s:.1f}" + ("" if len(slow) == len(fast) else f" ({len(slow)} img)"),
             f"{speedup:.1f}x", f"{rate:.1f}", f"{100 * rate / limit:.0f}%" if limit else "-", throttled,
             "yes" if same else "NO",

@@ -470,8 +470,9 @@ class RobustAPI:
             )
         params = {**settings.params(), "total_queries": total_queries}
         canonical = [self._check_image(image, settings.noise_sd) for image in images]
-        self.budget.check_fits(per_image * len(images), self.provider.cost_per_query_usd,
-                               "certify_batch's selections and first looks")  # then each look holds its own
+        # refused before any query when the caps cannot take every selection and first look
+        self.budget.release(self.budget.hold(per_image * len(images), self.provider.cost_per_query_usd,
+                                             "certify_batch's selections and first looks"))
         calls = [self._open_call(image, "certify", settings.noise_sd, seed, params, checked=True) for image in canonical]
         spent = 0
         try:
@@ -556,32 +557,25 @@ class RobustAPI:
         try:
             for _ in canonical:
                 holds.append(self._start_hold(settings, len(canonical)))
-        except BaseException:
+            workers = min(len(images), parallel or self.dispatcher.concurrency)
+            if workers <= 1:
+                return [self._certify_online(image, settings, seed, hold) for image, hold in zip(canonical, holds)]
+            from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robust-api-image") as pool:
+                futures = [pool.submit(self._certify_online, image, settings, seed, hold)
+                           for image, hold in zip(canonical, holds)]
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    future.cancel()  # after a failure, images not started yet stay unqueried
+            for future in futures:
+                if not future.cancelled() and future.exception() is not None:
+                    raise future.exception()
+            return [future.result() for future in futures]
+        finally:
+            # what no call used goes back (a finished call already gave back the rest of its hold)
             for hold in holds:
                 self.budget.release(hold)
-            raise
-        workers = min(len(images), parallel or self.dispatcher.concurrency)
-        if workers <= 1:
-            results = []
-            try:
-                for index, image in enumerate(canonical):
-                    results.append(self._certify_online(image, settings, seed, holds[index]))
-            finally:
-                for hold in holds[len(results) + 1:]:
-                    self.budget.release(hold)
-            return results
-        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robust-api-image") as pool:
-            futures = [pool.submit(self._certify_online, image, settings, seed, hold) for image, hold in zip(canonical, holds)]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for future, hold in zip(futures, holds):
-                if future.cancel():  # not started: its image stays unqueried and its hold goes back
-                    self.budget.release(hold)
-        for future in futures:
-            if not future.cancelled() and future.exception() is not None:
-                raise future.exception()
-        return [future.result() for future in futures]
 
     def _select(self, call: "_Call", settings: "CertifySettings") -> Optional[str]:
         """Run the selection step; return the guessed class ĉ (None: nothing to certify)."""

@@ -186,10 +186,6 @@ class Budget:
         self._lock = threading.Lock()
 
     @property
-    def unlimited(self) -> bool:
-        return self.max_queries is None and self.max_cost_usd is None
-
-    @property
     def spent(self) -> Spending:
         with self._lock:
             return Spending(self._queries, self._cost)
@@ -202,6 +198,20 @@ class Budget:
             return f"max_cost_usd={self.max_cost_usd:g} (${self._cost:.4f} already spent or set aside, ${cost:.4f} more needed)"
         return None
 
+    def _take(self, queries: int, cost: float) -> Optional[str]:
+        """Count ``queries`` and ``cost`` if they fit (None), else say which cap they cross.
+        Call with the lock held."""
+        problem = self._shortfall(queries, cost)
+        if problem is None:
+            self._queries += queries
+            self._cost += cost
+        return problem
+
+    def _give_back(self, queries: int, cost: float) -> None:
+        """Uncount ``queries`` and ``cost``. Call with the lock held."""
+        self._queries -= queries
+        self._cost = max(0.0, self._cost - cost)
+
     def hold(self, queries: int, price: float, what: str) -> "Hold":
         """Set aside ``queries`` at ``price`` USD each for one call (counted as spent until
         released), or raise BudgetExceededError, before anything is sent, when they do not fit.
@@ -209,24 +219,20 @@ class Budget:
         cannot be starved by calls running in other threads."""
         cost = queries * price
         with self._lock:
-            problem = self._shortfall(queries, cost)
-            if problem is None:
-                self._queries += queries
-                self._cost += cost
-                return Hold(queries, cost)
+            problem = self._take(queries, cost)
+        if problem is None:
+            return Hold(queries, cost)
         raise BudgetExceededError(
             f"{what} needs up to {queries} queries (${cost:.4f}) and that would cross {problem}; "
             "lower N / N0, or raise the cap"
         )
 
     def release(self, hold: Optional["Hold"]) -> None:
-        """Give back what is left of a hold."""
-        if hold is None:
-            return
-        with self._lock:
-            self._queries -= hold.queries
-            self._cost = max(0.0, self._cost - hold.cost)
-            hold.queries, hold.cost = 0, 0.0
+        """Give back what is left of a hold (releasing it again gives nothing more back)."""
+        if hold is not None:
+            with self._lock:
+                self._give_back(hold.queries, hold.cost)
+                hold.queries, hold.cost = 0, 0.0
 
     def reserve(self, queries: int, cost: float, hold: Optional["Hold"] = None) -> None:
         """Count ``queries`` costing ``cost`` USD as sent — from ``hold`` when it has enough
@@ -236,37 +242,15 @@ class Budget:
                 hold.queries -= queries
                 hold.cost = max(0.0, hold.cost - cost)
                 return
-            problem = self._shortfall(queries, cost)
-            if problem is None:
-                self._queries += queries
-                self._cost += cost
-                return
+            problem = self._take(queries, cost)
+        if problem is None:
+            return
         raise BudgetExceededError(f"sending {queries} more queries would cross {problem}; raise the cap to go on")
 
     def refund(self, queries: int, cost: float) -> None:
         """Give back what a reservation counted for queries the provider did not process."""
         with self._lock:
-            self._queries -= queries
-            self._cost = max(0.0, self._cost - cost)
-
-    def check_fits(self, queries: int, price: float, what: str) -> None:
-        """Raise BudgetExceededError, before anything is sent, when ``queries`` at ``price`` USD
-        each do not fit what is left."""
-        with self._lock:
-            problem = self._shortfall(queries, queries * price)
-        if problem is not None:
-            raise BudgetExceededError(
-                f"{what} needs up to {queries} queries (${queries * price:.4f}) and that would cross {problem}; "
-                "lower N / N0, or raise the cap"
-            )
-
-    def queries_left(self, price: float) -> Optional[int]:
-        """How many more queries at ``price`` fit (None: no cap)."""
-        with self._lock:
-            left = [] if self.max_queries is None else [self.max_queries - self._queries]
-            if self.max_cost_usd is not None and price > 0:
-                left.append(math.floor((self.max_cost_usd - self._cost) / price * (1 + 1e-9) + 1e-9))
-        return max(0, min(left)) if left else None
+            self._give_back(queries, cost)
 
 
 @dataclass

@@ -236,7 +236,7 @@ def test_budget_reservations_are_exact_across_threads():
         t.join()
     assert budget.spent.queries == 999  # 333 reservations of 3; none crossed 1000
     assert refused["n"] == 16 * 200 - 333
-    assert budget.queries_left(0.0) == 1
+    assert budget.max_queries - budget.spent.queries == 1
 
 
 def test_rate_limiter_spaces_requests():
@@ -433,7 +433,7 @@ def test_every_selection_query_failing_is_an_error_not_an_abstention():
 def test_holds_set_queries_aside_and_give_back_what_is_left():
     budget = Budget(max_queries=100)
     hold = budget.hold(60, 0.0, "a call")
-    assert budget.spent.queries == 60 and budget.queries_left(0.0) == 40
+    assert budget.spent.queries == 60 and budget.max_queries - budget.spent.queries == 40
     with pytest.raises(BudgetExceededError, match="another call needs up to 50"):
         budget.hold(50, 0.0, "another call")
     budget.reserve(16, 0.0, hold)  # drawn from the hold: nothing new counted
