@@ -7,7 +7,8 @@ Usage (from the repository root)::
 For each of the 10 classes, the first ``--per-class`` test images of that
 class (in test-set order) are written as 8-bit grayscale 28x28 PNGs named
 ``fmnist_test_{index:05d}_{classname_slug}.png``, plus a ``LABELS.csv`` with
-columns ``file,test_index,label``.
+columns ``file,test_index,label,class_name`` (``class_name`` spelled as the bundled
+classifier answers, for ``robust-api analyze --labels``).
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def export(out_dir: Path, per_class: int, root: Optional[str] = None) -> List[Tu
         rows.append((name, idx, label))
     with open(out_dir / "LABELS.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["file", "test_index", "label"])
-        writer.writerows(rows)
+        writer.writerow(["file", "test_index", "label", "class_name"])
+        writer.writerows((name, idx, label, FASHION_MNIST_CLASSES[label]) for name, idx, label in rows)
     return rows
 
 

@@ -14,6 +14,8 @@ from .dispatch import RetryPolicy, Spending
 from .providers import CallableProvider, Provider, QueryFailure, known_providers, register_provider
 from .query_logs import CallLog, QueryLog, QueryRecord, export_jsonl, export_parquet, open_log
 from .planning import BudgetPlan, plan
+from .analysis import analyze
+from .query_logs.legacy import import_legacy, read_legacy_tsv
 from .results import ABSTAIN, Certificate, Prediction
 
 __version__ = "0.1.0"
@@ -38,6 +40,9 @@ __all__ = [
     "Certificate",
     "plan",
     "BudgetPlan",
+    "analyze",
+    "import_legacy",
+    "read_legacy_tsv",
     "open_log",
     "export_jsonl",
     "export_parquet",

@@ -7,6 +7,8 @@ Examples::
     robust-api plan --noise-sd 0.25 --radius 0.5
     robust-api recertify query_logs/queries.sqlite3 --alpha 0.01
     robust-api export query_logs/queries.sqlite3 queries.jsonl
+    robust-api import-legacy vision_api/logs --api azure --noise-sd 0.25 --out legacy_logs/
+    robust-api analyze query_logs/ --labels examples/images/LABELS.csv --radii 0,0.25,0.5 --plot accuracy.png
     robust-api emulate google --port 0 --latency-ms 100 --fail-rate 0.1
     robust-api certify img.png --provider google --endpoint http://127.0.0.1:PORT --noise-sd 0.25
 """
@@ -231,6 +233,51 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_legacy(args: argparse.Namespace) -> int:
+    from .query_logs.legacy import _import_legacy
+
+    source = args.source[0] if len(args.source) == 1 else args.source
+    report = _import_legacy(
+        source, args.api, args.noise_sd, N0=args.N0, alpha=args.alpha, denoiser=args.denoiser, out=args.out
+    )
+    report.log.close()
+    where = report.where or args.out
+    print(
+        f"imported {report.files} predecessor files ({args.api}, noise_sd={args.noise_sd}): {report.added} calls added "
+        f"to {where}, {report.skipped} already there (skipped)"
+    )
+    print(f"re-certify them offline with: robust-api recertify {where}")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze
+
+    report = analyze(args.sources, labels=args.labels, truth=args.truth, radii=args.radii, by=args.by,
+                     alpha=args.alpha)
+    if args.format == "json":
+        print(json.dumps(report.to_json(rows=args.rows), indent=2))
+    elif args.format == "csv":
+        print(report.to_csv(), end="")
+    else:
+        print(report.table())
+    if args.plot:
+        report.plot(args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _number_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 0,0.25,0.5; got {text!r}") from None
+
+
+def _name_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _cmd_denoisers(args: argparse.Namespace) -> int:
     from safetensors import safe_open
 
@@ -338,7 +385,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
 
 def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     """The argument parser of ``robust-api`` (sub-commands certify, predict, recertify, export,
-    train-denoiser, eval-denoiser); ``argv`` is recorded as the recipe of trained denoisers."""
+    import-legacy, analyze, plan, emulate, denoisers, train-denoiser, eval-denoiser); ``argv`` is recorded as the recipe of trained denoisers."""
     parser = argparse.ArgumentParser(
         prog="robust-api", description="Certified-robust predictions from image classifiers and vision APIs."
     )
@@ -390,6 +437,46 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     export.add_argument("log_path", help="query log to read")
     export.add_argument("out", help="output file: .jsonl, or .parquet")
     export.set_defaults(handler=_cmd_export)
+
+    legacy = commands.add_parser(
+        "import-legacy", help="import the predecessor's pred_hist_<i>.pkl query logs (microsoft/denoised-smoothing)"
+    )
+    legacy.add_argument("source", nargs="+", help="folder of pred_hist_<i>.pkl files, or the pickle files")
+    legacy.add_argument("--api", required=True, choices=["azure", "google", "aws", "clarifai"],
+                        help="which API answered (the pickles do not say)")
+    legacy.add_argument("--noise-sd", type=float, required=True,
+                        help="noise std the predecessor used, in (0, 1] pixel units (the pickles do not say)")
+    legacy.add_argument("--out", required=True, help="query log to write: .sqlite3 file or folder, or a .jsonl export")
+    legacy.add_argument("--N0", type=_positive_int, default=DEFAULT_N0,
+                        help=f"how many of the first noisy answers chose the class (default {DEFAULT_N0})")
+    legacy.add_argument("--alpha", type=_probability, default=DEFAULT_ALPHA,
+                        help="failure probability recorded for re-certification (default 0.001)")
+    legacy.add_argument("--denoiser", default=None, help="name of the denoiser the predecessor used (recorded only)")
+    legacy.set_defaults(handler=_cmd_import_legacy)
+
+    from .analysis import DEFAULT_GROUP_BY, DEFAULT_RADII, GROUP_FIELDS
+
+    analyzer = commands.add_parser(
+        "analyze", help="certified accuracy, ACR, abstention and spending of logged certificates (offline)"
+    )
+    analyzer.add_argument("sources", nargs="+",
+                          help="query logs (.sqlite3, .jsonl, .parquet), predecessor TSVs (.tsv/.txt), or folders of them")
+    analyzer.add_argument("--labels", default=None,
+                          help="CSV of true labels: a 'file' or 'image_digest' column and a 'class_name' or 'label' column")
+    analyzer.add_argument("--truth", choices=["labels", "clean"], default=None,
+                          help="ground truth: the labels file (default with --labels) or the provider's own clean-image "
+                               "label (the paper's convention; default otherwise)")
+    analyzer.add_argument("--radii", type=_number_list, default=list(DEFAULT_RADII),
+                          help="radii of the accuracy columns, comma-separated (default 0,0.25,0.5,0.75,1)")
+    analyzer.add_argument("--by", type=_name_list, default=list(DEFAULT_GROUP_BY),
+                          help=f"group by these fields, comma-separated, from {','.join(GROUP_FIELDS)} "
+                               f"(default {','.join(DEFAULT_GROUP_BY)})")
+    analyzer.add_argument("--alpha", type=float, default=None,
+                          help="re-certify at this alpha instead of each call's logged one (fix it before looking)")
+    analyzer.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    analyzer.add_argument("--rows", action="store_true", help="with --format json: also every certified image")
+    analyzer.add_argument("--plot", default=None, help="write the certified-accuracy curves to this image (matplotlib)")
+    analyzer.set_defaults(handler=_cmd_analyze)
 
     planner = commands.add_parser("plan", help="queries and dollars needed to certify a radius (no queries sent)")
     planner.add_argument("--noise-sd", type=float, required=True, help="noise std in [0, 1] pixel units, > 0")

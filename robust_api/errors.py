@@ -18,6 +18,7 @@ one fits, from the matching built-in, so ordinary ``except ValueError`` clauses 
     ├── MissingDependencyError (ImportError)   an optional package is missing (message has the pip line)
     └── QueryLogError                          problems with a query log
         ├── NotAQueryLogError (ValueError)     the path exists but is not a robust_api log
+        │   └── UnsafePickleError              a predecessor pickle asks for more than plain data
         ├── LogIntegrityError (ValueError)     duplicate or inconsistent records
         └── LogMismatchError (ValueError)      re-analysis asks for what the log cannot give
                                                (other noise_sd, more samples than logged ...)
@@ -43,6 +44,7 @@ __all__ = [
     "MissingDependencyError",
     "QueryLogError",
     "NotAQueryLogError",
+    "UnsafePickleError",
     "LogIntegrityError",
     "LogMismatchError",
 ]
@@ -126,6 +128,10 @@ class QueryLogError(RobustAPIError):
 
 class NotAQueryLogError(QueryLogError, ValueError):
     """The path exists but is not a robust_api query log; the file is left untouched."""
+
+
+class UnsafePickleError(NotAQueryLogError):
+    """A predecessor pickle names a global other than plain data (it would run code): refused, nothing ran."""
 
 
 class LogIntegrityError(QueryLogError, ValueError):

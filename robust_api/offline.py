@@ -24,7 +24,10 @@ from .statistics import (
 )
 from .validation import check_alpha, check_noise_sd, check_sample_count
 
-__all__ = ["predict_from_log", "certify_from_log", "as_call_log", "CertifySettings", "guess_from_records", "METHODS"]
+__all__ = [
+    "predict_from_log", "certify_from_log", "as_call_log", "CertifySettings", "guess_from_records", "METHODS",
+    "fixed_n_outcome", "FixedNOutcome",
+]
 
 #: Defaults of the predecessor's cloud experiment: N₀ = 20 selection and N = 100 estimation
 #: samples at α = 0.001 (120 paid queries per image).
@@ -313,24 +316,72 @@ def certify_from_log(
         return Certificate(label=ABSTAIN, radius=0.0, p_lower=0.0, counts={}, n=0, errors=0, stop_reason="no_guess",
                            budget=N, ceiling=0.0, **common)
     estimation = _take(logs, "estimation", N, "N")
-    if not estimation:
+    counts, errors = _votes(estimation)
+    outcome = fixed_n_outcome(method, selection_counts, counts, len(estimation), sigma, alpha, logs.header.run_id)
+    return Certificate(
+        label=ABSTAIN if outcome.label is None else outcome.label, radius=outcome.radius, p_lower=outcome.p_lower,
+        p_upper=outcome.p_upper, counts=counts, n=outcome.n, errors=errors, budget=outcome.n, ceiling=outcome.ceiling,
+        **common,
+    )
+
+
+@dataclass(frozen=True)
+class FixedNOutcome:
+    """What a fixed-N method certifies from vote counts (see :func:`fixed_n_outcome`).
+
+    Attributes:
+        label: the certified label ĉ, or None for an abstention.
+        radius, p_lower: as in :class:`~robust_api.results.Certificate` (0.0 on abstention).
+        p_upper: top2 only: the bound on every other class, else None.
+        n: the estimation samples used (failed ones included).
+        ceiling: the largest radius n samples can certify with this method.
+    """
+
+    label: Optional[str]
+    radius: float
+    p_lower: float
+    p_upper: Optional[float]
+    n: int
+    ceiling: float
+
+
+def fixed_n_outcome(
+    method: str,
+    selection_counts: dict,
+    estimation_counts: dict,
+    n: int,
+    noise_sd: float,
+    alpha: float,
+    run_id: str = "?",
+) -> FixedNOutcome:
+    """The fixed-N certificate ("cohen" or "top2") from the votes of a call: the one rule that both
+    ``certify_from_log`` and the counts-based analysis (:mod:`robust_api.analysis`) apply.
+
+    Args:
+        method: "cohen" or "top2".
+        selection_counts: label → selection votes (with a top label: the caller handles "no guess").
+        estimation_counts: label → votes of the n estimation samples, failed samples excluded.
+        n: estimation samples, failed ones included (they count against ĉ).
+        noise_sd, alpha: σ > 0 and α in (0, 1).
+        run_id: named in the error message.
+
+    Returns:
+        A :class:`FixedNOutcome` carrying the guarantee of :func:`certify_from_log`.
+
+    Raises:
+        LogMismatchError: n = 0 (no estimation sample was logged).
+    """
+    if n < 1:
         raise LogMismatchError(
-            f"call {logs.header.run_id} holds no estimation samples; certification needs at least one "
+            f"call {run_id} holds no estimation samples; certification needs at least one "
             "(the call was interrupted early?)"
         )
-    counts, errors = _votes(estimation)
-    n = len(estimation)
-    ceiling = max_certifiable_radius(n, sigma, alpha if method == "cohen" else alpha * TOP2_ALPHA_SPLIT[0])
+    guess = top_label(selection_counts)
+    ceiling = max_certifiable_radius(n, noise_sd, alpha if method == "cohen" else alpha * TOP2_ALPHA_SPLIT[0])
     if method == "top2":
         ranked = ranked_labels(selection_counts)
         runner_up = ranked[1] if len(ranked) > 1 else None
-        top2 = certify_top2_from_counts(guess, runner_up, counts, n, sigma, alpha)
-        return Certificate(
-            label=ABSTAIN if top2.label is None else top2.label, radius=top2.radius, p_lower=top2.p_lower,
-            p_upper=top2.p_upper, counts=counts, n=n, errors=errors, budget=n, ceiling=ceiling, **common,
-        )
-    outcome = certify_from_counts(guess, counts, n, sigma, alpha)
-    return Certificate(
-        label=ABSTAIN if outcome.label is None else outcome.label, radius=outcome.radius, p_lower=outcome.p_lower,
-        counts=counts, n=n, errors=errors, budget=n, ceiling=ceiling, **common,
-    )
+        top2 = certify_top2_from_counts(guess, runner_up, estimation_counts, n, noise_sd, alpha)
+        return FixedNOutcome(top2.label, top2.radius, top2.p_lower, top2.p_upper, n, ceiling)
+    outcome = certify_from_counts(guess, estimation_counts, n, noise_sd, alpha)
+    return FixedNOutcome(outcome.label, outcome.radius, outcome.p_lower, None, n, ceiling)

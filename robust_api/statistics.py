@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Optional
 
-from scipy.stats import beta as _beta
+from scipy.special import betaincinv as _betaincinv
+from scipy.special import ndtri as _ndtri
 from scipy.stats import binomtest as _binomtest
-from scipy.stats import norm as _norm
 
 from .errors import InvalidParameterError
 from .validation import check_alpha, check_noise_sd
@@ -57,7 +57,9 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
     Returns:
         p̲ in [0, 1] (float64) with P[p ≥ p̲] ≥ 1 − α for every true proportion p:
         ``Beta.ppf(α; k, n − k + 1)``, and 0 when k = 0. Equals statsmodels'
-        ``proportion_confint(k, n, alpha=2α, method="beta")[0]``.
+        ``proportion_confint(k, n, alpha=2α, method="beta")[0]``. Computed with the
+        inverse regularized incomplete beta function (``scipy.special.betaincinv``, what
+        ``scipy.stats.beta.ppf`` evaluates, without its ~30 µs of per-call overhead).
     """
     k = _check_count(successes, "successes")
     n = _check_count(trials, "trials")
@@ -68,7 +70,7 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
         raise InvalidParameterError(f"successes ({k}) cannot exceed trials ({n})")
     if k == 0:
         return 0.0
-    return float(_beta.ppf(alpha, k, n - k + 1))
+    return float(_betaincinv(k, n - k + 1, alpha))
 
 
 def radius_from_p_lower(p_lower: float, noise_sd: float) -> float:
@@ -86,7 +88,7 @@ def radius_from_p_lower(p_lower: float, noise_sd: float) -> float:
         raise InvalidParameterError(f"p_lower must be in (0.5, 1] to give a radius, got {p_lower!r}")
     if not (noise_sd > 0 and math.isfinite(noise_sd)):
         raise InvalidParameterError(f"noise_sd must be > 0 and finite, got {noise_sd!r}")
-    return float(noise_sd) * float(_norm.ppf(float(p_lower)))
+    return float(noise_sd) * float(_ndtri(float(p_lower)))
 
 
 def ranked_labels(counts: Mapping[Hashable, int]) -> list[Hashable]:
@@ -318,5 +320,5 @@ def certify_top2_from_counts(
     p_upper = min(p_upper, 1.0 - p_lower)
     if p_lower <= p_upper or p_lower <= 0.0:
         return Top2Outcome(label=None, p_lower=p_lower, p_upper=p_upper, radius=0.0)
-    radius = 0.5 * noise_sd * (float(_norm.ppf(p_lower)) - float(_norm.ppf(p_upper)))
+    radius = 0.5 * noise_sd * (float(_ndtri(p_lower)) - float(_ndtri(p_upper)))
     return Top2Outcome(label=guess, p_lower=p_lower, p_upper=p_upper, radius=radius)

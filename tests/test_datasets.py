@@ -216,8 +216,11 @@ def _slug(name: str) -> str:
 def _example_rows():
     with open(EXAMPLES / "LABELS.csv", newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        assert reader.fieldnames == ["file", "test_index", "label"]
-        return [(r["file"], int(r["test_index"]), int(r["label"])) for r in reader]
+        assert reader.fieldnames == ["file", "test_index", "label", "class_name"]
+        rows = list(reader)
+    # class_name is the label as the bundled classifier (and robust-api analyze --labels) spells it
+    assert all(r["class_name"] == FASHION_MNIST_CLASSES[int(r["label"])] for r in rows)
+    return [(r["file"], int(r["test_index"]), int(r["label"])) for r in rows]
 
 
 def _load_png(path: Path) -> np.ndarray:

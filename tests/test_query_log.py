@@ -320,6 +320,11 @@ def test_parquet_that_is_not_a_log(tmp_path):
     garbage.write_text("nope")
     with pytest.raises(NotAQueryLogError, match="not a readable Parquet file"):
         open_log(garbage)
+    newer = tmp_path / "newer.parquet"
+    pq.write_table(pa.table({"x": [1]}).replace_schema_metadata(
+        {"format": "robust_api.query_log", "format_version": "99"}), newer)
+    with pytest.raises(NotAQueryLogError, match="format_version 99"):
+        open_log(newer)
 
 
 def test_open_log_on_missing_path(tmp_path):

@@ -145,6 +145,8 @@ def import_parquet(path: Union[str, os.PathLike]) -> MemoryQueryLog:
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     if meta.get("format") != _FORMAT_NAME:
         raise NotAQueryLogError(f"{path} is not a robust_api Parquet query log")
+    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+        raise NotAQueryLogError(f"{path} has format_version {meta['format_version']}; upgrade robust_api")
     pending: dict[str, tuple[CallHeader, list[QueryRecord], str]] = {}
     for row in table.to_pylist():
         if row["run_id"] not in pending:

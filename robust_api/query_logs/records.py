@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import LogIntegrityError, ProviderResponseError
 
-__all__ = ["FORMAT_VERSION", "QueryRecord", "CallHeader", "CallLog", "dumps_raw"]
+__all__ = ["FORMAT_VERSION", "QueryRecord", "CallHeader", "CallLog", "PhaseVotes", "CallSummary", "summarize_call", "dumps_raw"]
 
 #: Version of the record format, stored in every log and export.
 FORMAT_VERSION = 1
@@ -167,3 +167,55 @@ class CallLog(Sequence):
     def with_records(self, records: Sequence[QueryRecord]) -> "CallLog":
         """A copy with other records (used by importers)."""
         return replace(self, records=tuple(records))
+
+
+@dataclass(frozen=True)
+class PhaseVotes:
+    """The votes of one phase of one call, without the records (what counts-based analysis needs).
+
+    Attributes:
+        votes: label → number of successful answers with that label.
+        errors: samples whose query failed (``error`` set or no label): votes against any class.
+        samples: sample indices 0 … samples−1, each present exactly once (checked).
+        paid: records that were sent and paid for (not ``reused``).
+        cost_usd: the sum of the records' ``cost_usd``.
+    """
+
+    votes: dict
+    errors: int
+    samples: int
+    paid: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """A call's header and status with the votes of each of its phases (phase name → :class:`PhaseVotes`)."""
+
+    header: CallHeader
+    status: str
+    phases: dict
+
+    def phase(self, name: str) -> PhaseVotes:
+        """The votes of phase ``name`` (empty when the call has none)."""
+        return self.phases.get(name) or PhaseVotes({}, 0, 0, 0, 0.0)
+
+
+def summarize_call(call: CallLog) -> CallSummary:
+    """Count the votes of every phase of ``call`` (checks each sample index appears exactly once).
+
+    Raises:
+        LogIntegrityError: a duplicated or missing sample index.
+    """
+    phases = {}
+    for name in sorted({r.phase for r in call.records}):
+        records = call.phase_records(name)
+        votes = Counter(r.label for r in records if r.error is None and r.label is not None)
+        phases[name] = PhaseVotes(
+            votes=dict(votes),
+            errors=len(records) - sum(votes.values()),
+            samples=len(records),
+            paid=sum(1 for r in records if not r.reused),
+            cost_usd=float(sum(r.cost_usd for r in records)),
+        )
+    return CallSummary(call.header, call.status, phases)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import InvalidParameterError, LogIntegrityError, NotAQueryLogError
-from .records import FORMAT_VERSION, CallHeader, CallLog, QueryRecord, dumps_raw
+from .records import FORMAT_VERSION, CallHeader, CallLog, CallSummary, PhaseVotes, QueryRecord, dumps_raw, summarize_call
 
 __all__ = ["QueryLog", "SQLiteQueryLog", "MemoryQueryLog", "DEFAULT_LOG_DIR", "DEFAULT_LOG_FILENAME", "resolve_log_path"]
 
@@ -121,6 +121,18 @@ class QueryLog:
         for run_id in self.run_ids():
             yield self.load_call(run_id)
 
+    def call_summaries(self) -> list[CallSummary]:
+        """Every call's header, status and per-phase vote counts, in call order.
+
+        What counts-based analysis needs, without the raw responses. The SQLite store
+        computes it in SQL (a million queries in well under a second); every store gives
+        the same result as :func:`summarize_call` on each of its calls.
+
+        Raises:
+            LogIntegrityError: a duplicated or missing sample index in some call.
+        """
+        return [summarize_call(call) for call in self]
+
     def __len__(self) -> int:
         return len(self.run_ids())
 
@@ -181,7 +193,9 @@ class MemoryQueryLog(QueryLog):
         with self._lock:
             self._status[run_id] = status
 
-    def load_call(self, run_id: str) -> CallLog:
+    def load_call(self, run_id: str, with_raw: bool = True) -> CallLog:
+        """One call and its records; ``with_raw=False`` leaves every ``raw`` None (faster: the
+        raw responses are most of a log, and re-certification does not read them)."""
         with self._lock:
             return CallLog(self._headers[run_id], tuple(self._records[run_id]), self._status[run_id])
 
@@ -364,7 +378,9 @@ class SQLiteQueryLog(QueryLog):
         phase, index, label, raw, latency, cost, stamp, error, reused = row
         return QueryRecord(phase, index, label, None if raw is None else json.loads(raw), latency, cost, stamp, error, bool(reused))
 
-    def load_call(self, run_id: str) -> CallLog:
+    def load_call(self, run_id: str, with_raw: bool = True) -> CallLog:
+        """One call and its records; ``with_raw=False`` leaves every ``raw`` None (faster: the
+        raw responses are most of a log, and re-certification does not read them)."""
         with self._lock:
             row = self._conn.execute(
                 "SELECT call_id, run_id, kind, created, image_digest, image_shape, provider, model_version, "
@@ -373,10 +389,16 @@ class SQLiteQueryLog(QueryLog):
             ).fetchone()
             if row is None:
                 raise LogIntegrityError(f"no call with run id {run_id!r} in {self.path}")
+            columns = self._QUERY_COLUMNS if with_raw else self._QUERY_COLUMNS.replace("raw", "NULL")
             rows = self._conn.execute(
-                f"SELECT {self._QUERY_COLUMNS} FROM queries WHERE call_id = ? ORDER BY id", (row[0],)
+                f"SELECT {columns} FROM queries WHERE call_id = ? ORDER BY id", (row[0],)
             ).fetchall()
-        header = CallHeader(
+        return CallLog(self._header(row), tuple(self._record(r) for r in rows), row[13])
+
+    @staticmethod
+    def _header(row: tuple) -> CallHeader:
+        """A header from a row of ``SELECT call_id, run_id, kind, ... params FROM calls``."""
+        return CallHeader(
             run_id=row[1],
             kind=row[2],
             created=row[3],
@@ -390,7 +412,6 @@ class SQLiteQueryLog(QueryLog):
             seed=row[11],
             params=json.loads(row[12]),
         )
-        return CallLog(header, tuple(self._record(r) for r in rows), row[13])
 
     def run_ids(self) -> list[str]:
         with self._lock:
@@ -421,6 +442,41 @@ class SQLiteQueryLog(QueryLog):
         for row in rows:
             found.setdefault(row[1], self._record(row))
         return found
+
+    def call_summaries(self) -> list[CallSummary]:
+        with self._lock:
+            calls = self._conn.execute(
+                "SELECT call_id, run_id, kind, created, image_digest, image_shape, provider, model_version, "
+                "denoiser_id, denoiser_digest, noise_sd, seed, params, status FROM calls ORDER BY call_id"
+            ).fetchall()
+            # per (call, phase): how many records, which indices, what they cost (index order, no sort)
+            extents = self._conn.execute(
+                "SELECT call_id, phase, COUNT(*), MIN(sample_index), MAX(sample_index), "
+                "SUM(1 - reused), TOTAL(cost_usd) FROM queries GROUP BY call_id, phase"
+            ).fetchall()
+            # per (call, phase, label) the successful answers; failed ones are votes against every class
+            votes = self._conn.execute(
+                "SELECT call_id, phase, label, COUNT(*) FROM queries WHERE error IS NULL AND label IS NOT NULL "
+                "GROUP BY call_id, phase, label"
+            ).fetchall()
+        run_ids = {row[0]: row[1] for row in calls}
+        counted: dict[tuple[int, str], dict[str, int]] = {}
+        for call_id, phase, label, count in votes:
+            counted.setdefault((call_id, phase), {})[label] = count
+        phases: dict[int, dict[str, PhaseVotes]] = {}
+        for call_id, phase, count, lowest, highest, paid, cost in extents:
+            if lowest != 0 or highest != count - 1:
+                # UNIQUE (call, phase, index) rules out duplicates, so a gap is a missing record
+                raise LogIntegrityError(
+                    f"call {run_ids.get(call_id, call_id)}: missing record among {phase} samples 0..{highest}; "
+                    "each sample index must appear exactly once"
+                )
+            phase_votes = counted.get((call_id, phase), {})
+            phases.setdefault(call_id, {})[phase] = PhaseVotes(
+                votes=phase_votes, errors=count - sum(phase_votes.values()), samples=count, paid=int(paid),
+                cost_usd=float(cost),
+            )
+        return [CallSummary(self._header(row), row[13], phases.get(row[0], {})) for row in calls]
 
     def close(self) -> None:
         with self._lock:

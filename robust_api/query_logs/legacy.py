@@ -1,0 +1,772 @@
+"""Import of the predecessor's query logs (microsoft/denoised-smoothing, ``vision_api/``).
+
+The predecessor pickled, per image ``i``, a file ``pred_hist_<i>.pkl`` holding
+``{"ground_truth": [clean_response], "pred": [noisy_response, ...]}``: one raw API answer on
+the clean image and N0 + n answers on independent Gaussian noisy copies (the first N0 chose
+the class, the other n estimated its probability). Its certificates went to a TSV
+``log.txt``. This module turns the pickles into robust_api query-log calls (one ``predict``
+call for the clean answer, one ``certify`` call for the noisy ones) and reads the TSVs, so
+the old experiments can be re-certified and compared offline.
+
+Pickles can run code when loaded. They are read here by :class:`RestrictedUnpickler`,
+which builds plain data only (dict, list, tuple, OrderedDict, str, bytes, int, float,
+bool, None) and refuses every other global or persistent id *before* anything is called.
+
+What the pickles do not record is supplied by the caller: the API (``api=``), the noise
+level (``noise_sd=``), N0, α and the denoiser's name. The noise was unseeded, so the
+imported calls carry ``seed=0`` and ``params["seed"] = "unrecorded"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import pickle
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ..errors import InvalidParameterError, LogMismatchError, NotAQueryLogError, UnsafePickleError
+from ..pricing import price_per_query
+from ..providers.cloud import NO_LABEL
+from ..validation import check_alpha, check_noise_sd, check_sample_count
+from .exchange import export_jsonl, export_parquet, import_jsonl, import_parquet
+from .records import CallHeader, CallLog, QueryRecord
+from .store import MemoryQueryLog, QueryLog, open_store
+
+__all__ = [
+    "LEGACY_APIS",
+    "LEGACY_NO_LABEL",
+    "LEGACY_SOURCE",
+    "MAX_PICKLE_BYTES",
+    "LegacyTSVRow",
+    "RestrictedUnpickler",
+    "import_legacy",
+    "legacy_label",
+    "load_legacy_pickle",
+    "read_legacy_tsv",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The APIs the predecessor queried, i.e. the response shapes this importer understands.
+LEGACY_APIS = ("azure", "google", "aws", "clarifai")
+
+#: Where imported calls come from (``params["imported_from"]``).
+LEGACY_SOURCE = "microsoft/denoised-smoothing"
+
+#: The predecessor's class of an empty answer. robust_api uses ``NO_LABEL`` instead; TSV
+#: files written by the predecessor still contain this string (read_legacy_tsv keeps it).
+LEGACY_NO_LABEL = "None"
+
+#: Largest pickle :func:`load_legacy_pickle` reads (512 MiB); one image's log is ~100 KB.
+MAX_PICKLE_BYTES = 512 * 2**20
+
+_MAX_DEPTH = 100
+_MIN_NODE_CAP = 1_000_000
+_FILE_PATTERN = re.compile(r"^pred_hist_(\d+)\.pkl$")
+_EXPECTED_KEYS = ("ground_truth", "pred")
+
+#: The shape each API's responses had in the predecessor's pickles (for error messages).
+_EXPECTED_SHAPE = {
+    "google": "an OrderedDict (or dict) mapping label description -> score",
+    "clarifai": 'a dict {"outputs": [{"data": {"concepts": [{"name": ..., "value": ...}, ...]}}], ...}',
+    "aws": 'a list of dicts {"Name": ..., "Confidence": ..., "Instances": [...], "Parents": [...]}',
+    "azure": 'a list of dicts {"name": ..., "confidence": ...}',
+}
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# --------------------------------------------------------------------------------------
+# restricted unpickling
+# --------------------------------------------------------------------------------------
+def _describe_args(args: tuple) -> str:
+    return "(" + ", ".join(type(a).__name__ for a in args) + ")"
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds plain data and nothing else.
+
+    Admitted globals: ``dict``, ``list``, ``tuple``, ``str``, ``bytes``, ``int``, ``float``,
+    ``bool`` (module ``builtins``, or ``__builtin__`` as protocols 0–2 write it),
+    ``collections.OrderedDict``, and ``_codecs.encode`` (how Python 3 writes ``bytes`` at
+    protocols 0–2). Each is handed out as a wrapper that checks its arguments when the pickle
+    calls it: ``_codecs.encode`` only as ``(str, "latin1")``, the types only with no argument
+    or with plain data of the expected kind. Every other global (``os.system``,
+    ``builtins.eval``, ``copyreg._reconstructor``, ``set``, NumPy ...) and every persistent id
+    raises :class:`UnsafePickleError` when the pickle names it, i.e. before it could be called.
+
+    Args:
+        file: a binary file object positioned at the pickle.
+        path: the file's name, for messages.
+    """
+
+    def __init__(self, file: io.BufferedIOBase, path: PathLike = "<pickle>"):
+        # Python 2 pickles: 8-bit str is decoded as UTF-8 (what API responses were)
+        super().__init__(file, fix_imports=False, encoding="utf-8", errors="strict")
+        self._path = os.fspath(path)
+        self._allowed: dict[tuple[str, str], Callable[..., Any]] = {
+            ("builtins", "dict"): self._typed("builtins.dict", dict, (dict, list, tuple)),
+            ("builtins", "list"): self._typed("builtins.list", list, (list, tuple)),
+            ("builtins", "tuple"): self._typed("builtins.tuple", tuple, (list, tuple)),
+            ("builtins", "str"): self._typed("builtins.str", str, (str,)),
+            ("builtins", "bytes"): self._typed("builtins.bytes", bytes, (bytes,)),
+            ("builtins", "int"): self._typed("builtins.int", int, (int,)),
+            ("builtins", "float"): self._typed("builtins.float", float, (float, int)),
+            ("builtins", "bool"): self._typed("builtins.bool", bool, (bool, int)),
+            ("collections", "OrderedDict"): self._typed("collections.OrderedDict", OrderedDict, (dict, list, tuple)),
+            ("_codecs", "encode"): self._latin1_encode,
+        }
+
+    def _refuse(self, what: str) -> UnsafePickleError:
+        return UnsafePickleError(
+            f"{self._path}: refused to load the pickle: {what}. Nothing was executed. Only pickles of dicts, lists, tuples, "
+            "OrderedDicts, str, bytes, numbers, bools and None are imported; if the file is yours, "
+            "re-save the responses as such plain data (or as JSON)."
+        )
+
+    def _typed(self, name: str, factory: type, accepted: tuple[type, ...]) -> Callable[..., Any]:
+        kinds = set(accepted) | ({OrderedDict} if dict in accepted else set())
+
+        def build(*args: Any, **kwargs: Any) -> Any:
+            # no argument, or one argument that is already plain data of a fitting kind
+            if kwargs or len(args) > 1 or (args and type(args[0]) not in kinds):
+                raise self._refuse(
+                    f"it calls {name} with {_describe_args(args)}; plain data calls it with no argument or "
+                    f"with {' / '.join(sorted(kind.__name__ for kind in kinds))}"
+                )
+            return factory(*args)
+
+        build.__qualname__ = build.__name__ = f"restricted_{name}"
+        return build
+
+    def _latin1_encode(self, *args: Any, **kwargs: Any) -> bytes:
+        if kwargs or len(args) != 2 or type(args[0]) is not str or type(args[1]) is not str \
+                or args[1].lower() not in ("latin1", "latin-1"):
+            shown = _describe_args(args) if len(args) != 2 or type(args[1]) is not str else \
+                f"({type(args[0]).__name__}, {args[1][:40]!r})"
+            raise self._refuse(f"it calls _codecs.encode with {shown}; only (str, 'latin1') encodes bytes")
+        return codecs.encode(args[0], "latin-1")
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The admitted wrapper for ``module.name``; anything else raises UnsafePickleError."""
+        key = ("builtins" if module == "__builtin__" else module, name)
+        try:
+            return self._allowed[key]
+        except (KeyError, TypeError):
+            raise self._refuse(
+                f"it names the global {module}.{name}, which is not plain data (loading it could run code)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        """Persistent ids reference objects outside the pickle: always refused."""
+        raise self._refuse(
+            f"it holds a persistent id of type {type(pid).__name__} (a reference to an object outside the file)"
+        )
+
+
+class _PlainData:
+    """Copies an unpickled object into fresh plain containers, refusing anything else."""
+
+    def __init__(self, path: str, node_cap: int):
+        self.path = path
+        self.node_cap = node_cap
+        self.nodes = 0
+
+    def fail(self, message: str) -> NotAQueryLogError:
+        return NotAQueryLogError(f"{self.path}: not a predecessor query log: {message}")
+
+    def copy(self, obj: Any, depth: int = 0, on_path: Optional[set] = None) -> Any:
+        self.nodes += 1
+        if self.nodes > self.node_cap:
+            raise self.fail(
+                f"the pickle expands to more than {self.node_cap:,} values (shared references repeated over and "
+                "over?); a real log of one image holds far fewer"
+            )
+        kind = type(obj)
+        if obj is None or kind in (str, bytes, int, float, bool):
+            return obj
+        if depth >= _MAX_DEPTH:
+            raise self.fail(f"data nested deeper than {_MAX_DEPTH} levels")
+        if kind not in (dict, OrderedDict, list, tuple):
+            raise self.fail(
+                f"it holds a {kind.__name__}, which is not plain data (dict, list, tuple, OrderedDict, str, bytes, "
+                "int, float, bool, None)"
+            )
+        on_path = set() if on_path is None else on_path
+        if id(obj) in on_path:
+            raise self.fail("it holds a container that contains itself (a cycle)")
+        on_path.add(id(obj))
+        try:
+            if kind is list or kind is tuple:
+                items = [self.copy(item, depth + 1, on_path) for item in list.__iter__(obj)] if kind is list else \
+                    [self.copy(item, depth + 1, on_path) for item in tuple.__iter__(obj)]
+                return items if kind is list else tuple(items)
+            out = OrderedDict() if kind is OrderedDict else {}
+            for key, value in dict.items(obj):
+                out[self.copy(key, depth + 1, on_path)] = self.copy(value, depth + 1, on_path)
+            return out
+        finally:
+            on_path.discard(id(obj))
+
+
+def load_legacy_pickle(path: PathLike, *, max_bytes: int = MAX_PICKLE_BYTES) -> dict:
+    """Read one predecessor pickle ``pred_hist_<i>.pkl`` safely.
+
+    Args:
+        path: the pickle file.
+        max_bytes: refuse files larger than this many bytes (default 512 MiB).
+
+    Returns:
+        ``{"ground_truth": [clean_response], "pred": [noisy_response, ...]}`` as fresh plain
+        data: exactly one clean response, a list of noisy ones (possibly empty); responses are
+        nested dict / OrderedDict / list / tuple / str / bytes / int / float / bool / None.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        UnsafePickleError: the pickle names a global other than plain data, or a persistent
+            id (nothing was executed).
+        NotAQueryLogError: too large, not a readable pickle, not a dict with exactly the keys
+            "ground_truth" and "pred", or holding something other than plain data.
+    """
+    path = Path(path)
+    data, _ = _read_pickle(path, max_bytes)
+    return data
+
+
+def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes]:
+    if not path.exists():
+        raise FileNotFoundError(f"no predecessor pickle at {os.fspath(path)!r}")
+    if path.is_dir():
+        raise NotAQueryLogError(f"{path} is a folder; pass a pred_hist_<i>.pkl file (or use import_legacy on the folder)")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise NotAQueryLogError(
+            f"{path} is {size:,} bytes, more than the {max_bytes:,} bytes a predecessor pickle is read up to "
+            "(one image's log is about 100 KB); is it the right file? Pass max_bytes= to raise the cap."
+        )
+    with open(path, "rb") as handle:
+        blob = handle.read(max_bytes + 1)
+    if len(blob) > max_bytes:
+        raise NotAQueryLogError(f"{path} grew past {max_bytes:,} bytes while being read; refused")
+    try:
+        loaded = RestrictedUnpickler(io.BytesIO(blob), path).load()
+    except UnsafePickleError:
+        raise
+    except RecursionError:
+        raise NotAQueryLogError(f"{path}: not a predecessor query log: the pickle is nested too deeply") from None
+    except MemoryError:
+        raise NotAQueryLogError(f"{path}: not a predecessor query log: the pickle does not fit in memory") from None
+    except Exception as exc:  # pickle.UnpicklingError, EOFError, ValueError, TypeError, UnicodeDecodeError ...
+        raise NotAQueryLogError(
+            f"{path} is not a readable predecessor pickle ({type(exc).__name__}: {exc}); the importer reads the "
+            "pred_hist_<i>.pkl files written by microsoft/denoised-smoothing's vision_api"
+        ) from None
+    data = _PlainData(os.fspath(path), max(_MIN_NODE_CAP, 2 * len(blob))).copy(loaded)
+    if not isinstance(data, dict):
+        raise NotAQueryLogError(
+            f"{path}: not a predecessor query log: the pickle holds a {type(data).__name__}, expected a dict "
+            '{"ground_truth": [clean response], "pred": [noisy responses]}'
+        )
+    keys = list(data)
+    if sorted(map(repr, keys)) != sorted(map(repr, _EXPECTED_KEYS)):
+        missing = [k for k in _EXPECTED_KEYS if k not in data]
+        extra = [k for k in keys if k not in _EXPECTED_KEYS]
+        raise NotAQueryLogError(
+            f"{path}: not a predecessor query log: expected exactly the keys 'ground_truth' and 'pred'"
+            + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else "")
+        )
+    clean, noisy = data["ground_truth"], data["pred"]
+    if type(clean) not in (list, tuple) or len(clean) != 1:
+        got = f"{len(clean)} items" if type(clean) in (list, tuple) else f"a {type(clean).__name__}"
+        raise NotAQueryLogError(
+            f"{path}: not a predecessor query log: 'ground_truth' must be a list of exactly one response "
+            f"(the clean image's), got {got}"
+        )
+    if type(noisy) not in (list, tuple):
+        raise NotAQueryLogError(
+            f"{path}: not a predecessor query log: 'pred' must be a list of responses, got a {type(noisy).__name__}"
+        )
+    return {"ground_truth": list(clean), "pred": list(noisy)}, blob
+
+
+# --------------------------------------------------------------------------------------
+# labels and raw responses
+# --------------------------------------------------------------------------------------
+class _ShapeError(Exception):
+    pass
+
+
+def _first_dict(response: Any) -> dict:
+    if type(response) not in (list, tuple):
+        raise _ShapeError(f"got a {type(response).__name__}")
+    first = response[0]
+    if not isinstance(first, dict):
+        raise _ShapeError(f"its first item is a {type(first).__name__}")
+    return first
+
+
+def _name(item: dict, key: str) -> str:
+    if key not in item:
+        raise _ShapeError(f"its first item has no {key!r} key (keys: {', '.join(map(str, list(item)[:6]))})")
+    value = item[key]
+    if not isinstance(value, str):
+        raise _ShapeError(f"its first item's {key!r} is a {type(value).__name__}, not a string")
+    return value
+
+
+def _clarifai_label(response: Any) -> str:
+    if not isinstance(response, dict):
+        raise _ShapeError(f"got a {type(response).__name__}")
+    outputs = response.get("outputs")
+    if type(outputs) not in (list, tuple) or not outputs:
+        raise _ShapeError("it has no non-empty 'outputs' list")
+    first = outputs[0]
+    if not isinstance(first, dict):
+        raise _ShapeError(f"outputs[0] is a {type(first).__name__}")
+    data = first.get("data")
+    if data is None:
+        return NO_LABEL
+    if not isinstance(data, dict):
+        raise _ShapeError(f"outputs[0]['data'] is a {type(data).__name__}")
+    concepts = data.get("concepts")
+    if not concepts:
+        return NO_LABEL
+    if type(concepts) not in (list, tuple) or not isinstance(concepts[0], dict):
+        raise _ShapeError("outputs[0]['data']['concepts'] is not a list of dicts")
+    return _name(concepts[0], "name")
+
+
+def legacy_label(api: str, response: Any) -> str:
+    """The predecessor's top class of one raw response (its ``_get_top_class``).
+
+    Args:
+        api: "azure", "google", "aws" or "clarifai".
+        response: one raw response as pickled (see ``load_legacy_pickle``).
+
+    Returns:
+        The top label (str): ``NO_LABEL`` for an empty/falsy response (the predecessor's
+        class "None") and for a Clarifai answer without concepts; else google: the first key;
+        clarifai: ``outputs[0].data.concepts[0].name``; aws: ``[0]["Name"]``; azure: ``[0]["name"]``.
+
+    Raises:
+        InvalidParameterError: unknown api.
+        NotAQueryLogError: the response does not have that API's shape (wrong ``api``?).
+    """
+    api = _check_api(api)
+    try:
+        return _label(api, response)
+    except _ShapeError as exc:
+        raise NotAQueryLogError(f"the response is not {_EXPECTED_SHAPE[api]}: {exc}; is api={api!r} right?") from None
+
+
+def _label(api: str, response: Any) -> str:
+    if not response:
+        return NO_LABEL
+    if api == "google":
+        if not isinstance(response, dict):
+            raise _ShapeError(f"got a {type(response).__name__}")
+        first = next(iter(response))
+        if not isinstance(first, str):
+            raise _ShapeError(f"its first key is a {type(first).__name__}, not a label string")
+        return first
+    if api == "clarifai":
+        return _clarifai_label(response)
+    if api == "aws":
+        return _name(_first_dict(response), "Name")
+    return _name(_first_dict(response), "name")
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    raise _ShapeError(f"a dict key is a {type(key).__name__}; only str/number keys can be stored as JSON")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain data → JSON-able data: OrderedDict → dict (order kept), tuple → list,
+    bytes → {"bytes_base64": ...}, non-str keys → their JSON text."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            text = _json_key(key)
+            if text in out:
+                raise _ShapeError(f"two dict keys both read {text!r} once stored as JSON")
+            out[text] = _jsonable(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, bytes):
+        return {"bytes_base64": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# import
+# --------------------------------------------------------------------------------------
+def _check_api(api: Any) -> str:
+    if api not in LEGACY_APIS:
+        raise InvalidParameterError(
+            f"api must be one of {', '.join(map(repr, LEGACY_APIS))} (the API whose answers the pickles hold), got {api!r}"
+        )
+    return api
+
+
+def _source_files(source: Any) -> list[Path]:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"no predecessor log at {os.fspath(source)!r}")
+        if not path.is_dir():
+            return [path]
+        found = []
+        for child in path.iterdir():
+            match = _FILE_PATTERN.match(child.name)
+            if match and child.is_file():
+                found.append((int(match.group(1)), child))
+        if not found:
+            raise NotAQueryLogError(
+                f"{path} holds no pred_hist_<i>.pkl files; pass the folder the predecessor's vision_api wrote its "
+                "query logs to, or the pickle files themselves"
+            )
+        return [child for _, child in sorted(found)]
+    if isinstance(source, Iterable) and not isinstance(source, (bytes, dict)):
+        files = []
+        for item in source:
+            if not isinstance(item, (str, os.PathLike)):
+                raise InvalidParameterError(f"source must hold file paths, got a {type(item).__name__}")
+            path = Path(item)
+            if not path.exists():
+                raise FileNotFoundError(f"no predecessor pickle at {os.fspath(item)!r}")
+            files.append(path)
+        if not files:
+            raise InvalidParameterError("source is an empty list; pass a folder or at least one pred_hist_<i>.pkl file")
+        return files
+    raise InvalidParameterError(
+        f"source must be a folder, a pickle file or a list of pickle files, got {type(source).__name__}"
+    )
+
+
+def _run_id(digest: str, kind: str) -> str:
+    return hashlib.sha256(f"{digest}:{kind}".encode("ascii")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    api: str
+    noise_sd: float
+    N0: int
+    alpha: float
+    denoiser: Optional[str]
+
+
+def _calls_of_file(path: Path, settings: _Settings) -> list[CallLog]:
+    data, blob = _read_pickle(path, MAX_PICKLE_BYTES)
+    clean, noisy = data["ground_truth"], data["pred"]
+    N0 = settings.N0
+    if len(noisy) <= N0:
+        raise LogMismatchError(
+            f"{path} holds {len(noisy)} noisy responses, but N0={N0} selection samples need at least {N0 + 1} "
+            f"(N0 + at least one estimation sample); pass the N0 the predecessor used (its default was 20)"
+        )
+    api = settings.api
+
+    def record(phase: str, index: int, response: Any, where: str) -> QueryRecord:
+        try:
+            label = _label(api, response)
+            raw = _jsonable(response)
+        except _ShapeError as exc:
+            raise NotAQueryLogError(
+                f"{path}: {where} is not {_EXPECTED_SHAPE[api]} ({exc}); were these answers from another API? "
+                f"Check --api/api= (got {api!r}; one of {', '.join(LEGACY_APIS)})"
+            ) from None
+        return QueryRecord(phase, index, label, raw, 0.0, cost, stamp, None, False)
+
+    digest = hashlib.sha256(blob).hexdigest()
+    stamp = path.stat().st_mtime
+    cost = price_per_query(api)
+    match = _FILE_PATTERN.match(path.name)
+    common = {
+        "imported_from": LEGACY_SOURCE,
+        "file": path.name,
+        "legacy_index": int(match.group(1)) if match else None,
+        "legacy_api": api,
+        "seed": "unrecorded",
+    }
+
+    def header(kind: str, noise_sd: float, params: dict) -> CallHeader:
+        return CallHeader(
+            run_id=_run_id(digest, kind), kind=kind, image_digest=digest, image_shape=(), provider=f"legacy:{api}",
+            model_version=None, denoiser_id=settings.denoiser if kind == "certify" else None,  # clean: no denoiser
+            denoiser_digest=None, noise_sd=noise_sd, seed=0,
+            params=params, created=stamp,
+        )
+
+    clean_records = (record("clean", 0, clean[0], "ground_truth[0]"),)
+    n = len(noisy) - N0
+    noisy_records = tuple(
+        record("selection", i, noisy[i], f"pred[{i}]") if i < N0 else record("estimation", i - N0, noisy[i], f"pred[{i}]")
+        for i in range(len(noisy))
+    )
+    predict_params = {"N": 1, "alpha": settings.alpha, **common}
+    certify_params = {"method": "cohen", "selection": "noise", "N0": N0, "N": n, "alpha": settings.alpha, **common}
+    return [
+        CallLog(header("predict", 0.0, predict_params), clean_records, "complete"),
+        CallLog(header("certify", settings.noise_sd, certify_params), noisy_records, "complete"),
+    ]
+
+
+@dataclass(frozen=True)
+class _ImportReport:
+    """What one import did (used by the CLI's summary)."""
+
+    log: QueryLog
+    files: int
+    added: int
+    skipped: int
+    where: Optional[str]
+
+
+def _write(target: QueryLog, calls: Sequence[CallLog], settings: _Settings) -> tuple[int, int]:
+    present = set(target.run_ids())
+    added = skipped = 0
+    for call in calls:
+        run_id = call.header.run_id
+        if run_id in present:
+            skipped += 1
+            earlier = target.load_call(run_id).header
+            if (earlier.noise_sd, earlier.params.get("N0"), earlier.provider) != (
+                    call.header.noise_sd, call.header.params.get("N0"), call.header.provider):
+                logger.warning(
+                    "%s (%s call) was imported before with noise_sd=%s, N0=%s, provider=%s; kept that import and "
+                    "skipped this one (noise_sd=%s, N0=%s, provider=%s). Import into a new log to change them.",
+                    call.header.params.get("file"), call.header.kind, earlier.noise_sd, earlier.params.get("N0"),
+                    earlier.provider, call.header.noise_sd, call.header.params.get("N0"), call.header.provider,
+                )
+            continue
+        target.begin_call(call.header)
+        target.append(run_id, call.records)
+        target.finish_call(run_id, call.status)
+        present.add(run_id)
+        added += 1
+    if skipped:
+        logger.info("skipped %d imported calls already in the log (same pickle file contents)", skipped)
+    return added, skipped
+
+
+def _import_legacy(source, api, noise_sd, *, N0=20, alpha=0.001, denoiser=None, out=None) -> _ImportReport:
+    if denoiser is not None and (not isinstance(denoiser, str) or not denoiser.strip()):
+        raise InvalidParameterError(f"denoiser must be a non-empty name (str) or None, got {denoiser!r}")
+    settings = _Settings(
+        api=_check_api(api),
+        noise_sd=check_noise_sd(noise_sd, allow_zero=False),
+        N0=check_sample_count(N0, "N0"),
+        alpha=check_alpha(alpha),
+        denoiser=denoiser,
+    )
+    files = _source_files(source)
+    # every file is read and checked before the log is opened: a bad file writes nothing
+    calls = [call for path in files for call in _calls_of_file(path, settings)]
+
+    if out is None or isinstance(out, QueryLog):
+        target = MemoryQueryLog() if out is None else out
+        added, skipped = _write(target, calls, settings)
+        return _ImportReport(target, len(files), added, skipped, None if out is None else _where(target))
+    if not isinstance(out, (str, os.PathLike)):
+        raise InvalidParameterError(
+            f"out must be None (memory), a .jsonl/.parquet path, or a log file/folder, got {type(out).__name__}"
+        )
+    text = os.fspath(out)
+    suffix = Path(text).suffix.lower()
+    if suffix in (".jsonl", ".parquet"):
+        path = Path(text)
+        reader, writer = (import_jsonl, export_jsonl) if suffix == ".jsonl" else (import_parquet, export_parquet)
+        target = reader(path) if path.exists() else MemoryQueryLog()
+        added, skipped = _write(target, calls, settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        try:
+            writer(target, partial)
+            os.replace(partial, path)
+        finally:
+            if partial.exists():
+                partial.unlink()
+        return _ImportReport(target, len(files), added, skipped, os.fspath(path))
+    target = open_store(text)
+    try:
+        added, skipped = _write(target, calls, settings)
+    except BaseException:
+        target.close()
+        raise
+    return _ImportReport(target, len(files), added, skipped, _where(target))
+
+
+def _where(log: QueryLog) -> Optional[str]:
+    path = getattr(log, "path", None)
+    return None if path is None else os.fspath(path)
+
+
+def import_legacy(
+    source: Union[PathLike, Sequence[PathLike]],
+    api: str,
+    noise_sd: float,
+    *,
+    N0: int = 20,
+    alpha: float = 0.001,
+    denoiser: Optional[str] = None,
+    out: Union[PathLike, QueryLog, None] = None,
+) -> QueryLog:
+    """Import the predecessor's ``pred_hist_<i>.pkl`` query logs as robust_api calls.
+
+    Each file becomes two calls, both with ``image_digest`` = SHA-256 of the pickle file
+    (the image itself was never logged), ``image_shape=()``, ``provider="legacy:<api>"``,
+    ``seed=0`` (the noise was unseeded: ``params["seed"] == "unrecorded"``), the file's
+    mtime as time, each query costed at the API's list price, status "complete":
+
+    * a ``predict`` call at noise_sd 0 with one "clean" record (the ground-truth answer);
+    * a ``certify`` call at ``noise_sd`` with "selection" records 0..N0−1 (``pred[:N0]``)
+      and "estimation" records 0..n−1 (``pred[N0:]``, n = len(pred) − N0), method "cohen".
+
+    Re-certifying the certify call (``RobustAPI(api, online=False).certify(call)``) gives the
+    predecessor's certificate: ĉ = top label of the selection answers, p̲ = Clopper–Pearson
+    lower bound of its estimation votes at α, radius = noise_sd·Φ⁻¹(p̲), abstaining when
+    p̲ ≤ ½. Ties among the selection votes go to the label with the smaller string here
+    (the predecessor's order is not recoverable), so such images may certify another class.
+
+    Args:
+        source: a folder (its ``pred_hist_<i>.pkl`` files, in numeric order of i), one
+            pickle file, or a list of pickle files.
+        api: "azure", "google", "aws" or "clarifai": which API's answers the files hold.
+        noise_sd: σ in (0, 1] pixel units the noisy copies were drawn with (not recorded
+            in the pickles).
+        N0: how many of the first noisy answers chose the class (≥ 1; the predecessor's
+            default 20). Each file needs more than N0 noisy answers.
+        alpha: α in (0, 1) recorded for re-certification (default 0.001).
+        denoiser: a name for the denoiser the predecessor used (stored as ``denoiser_id``),
+            or None.
+        out: None → an in-memory log; a path ending in ``.jsonl`` (or ``.parquet``, needs
+            pyarrow) → that export is written (merged with the export already there) and the
+            in-memory log is returned; any other path or folder → an SQLite log
+            (``open_store``), returned open (close it when done); or a QueryLog to add to.
+
+    Returns:
+        The log holding the imported calls (2 per file). Importing a file whose calls are
+        already in the log (same run ids, derived from the file's bytes) skips them.
+
+    Raises:
+        InvalidParameterError: unknown api, bad noise_sd / N0 / alpha / denoiser / source.
+        FileNotFoundError: a source path does not exist.
+        UnsafePickleError: a pickle names a global other than plain data (nothing ran).
+        NotAQueryLogError: a file is not a predecessor log, too large, or its responses do not
+            have ``api``'s shape (wrong ``api``?).
+        LogMismatchError: a file holds N0 or fewer noisy answers.
+        Nothing is written to ``out`` unless every file was read and checked.
+    """
+    return _import_legacy(source, api, noise_sd, N0=N0, alpha=alpha, denoiser=denoiser, out=out).log
+
+
+# --------------------------------------------------------------------------------------
+# TSV results
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LegacyTSVRow:
+    """One row of a predecessor (or Cohen et al.) certification TSV.
+
+    Attributes:
+        idx: the image index (int).
+        true_label: the label used as ground truth (str; Cohen's int classes as text, the
+            predecessor's clean API label, ``"None"`` for an empty answer).
+        predicted: the certified class (str), or None when it abstained ("-1").
+        radius: the certified L2 radius (finite, ≥ 0; 0 on abstention).
+        correct: whether the certified class equals the true label.
+    """
+
+    idx: int
+    true_label: str
+    predicted: Optional[str]
+    radius: float
+    correct: bool
+
+
+_TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct")
+_TRUE = {"true": True, "1": True, "false": False, "0": False}
+
+
+def read_legacy_tsv(path: PathLike) -> list[LegacyTSVRow]:
+    """Read a certification TSV: the predecessor's ``log.txt`` or Cohen et al.'s output.
+
+    Accepted headers (tab-separated, matched by column name, extra columns ignored):
+    ``idx correct radius label predict`` (denoised-smoothing's vision_api) and
+    ``idx label predict radius correct time`` (Cohen et al.). ``predict`` of ``-1`` is an
+    abstention; ``correct`` is True/False or 1/0. Blank lines are skipped.
+
+    Args:
+        path: the TSV file.
+
+    Returns:
+        One :class:`LegacyTSVRow` per data row, in file order.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        NotAQueryLogError: the header lacks one of idx, label, predict, radius, correct, or a
+            row is malformed (the message names its line number).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no TSV at {os.fspath(path)!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotAQueryLogError(f"{path} is not a UTF-8 text file ({exc}); expected a tab-separated log.txt") from None
+    lines = text.splitlines()
+    expected = (
+        "expected a tab-separated header with the columns idx, label, predict, radius, correct "
+        "(denoised-smoothing: 'idx\\tcorrect\\tradius\\tlabel\\tpredict'; Cohen et al.: "
+        "'idx\\tlabel\\tpredict\\tradius\\tcorrect\\ttime')"
+    )
+    if not lines:
+        raise NotAQueryLogError(f"{path} is empty; {expected}")
+    header = [name.strip() for name in lines[0].split("\t")]
+    missing = [name for name in _TSV_COLUMNS if name not in header]
+    if missing or len(set(header)) != len(header):
+        problem = f"missing {', '.join(missing)}" if missing else "a column name appears twice"
+        raise NotAQueryLogError(f"{path}: unknown header {lines[0][:200]!r} ({problem}); {expected}")
+    where = {name: header.index(name) for name in _TSV_COLUMNS}
+    rows: list[LegacyTSVRow] = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < len(header):
+            raise NotAQueryLogError(
+                f"{path}:{number}: {len(fields)} tab-separated fields, the header has {len(header)} columns"
+            )
+        value = {name: fields[index] for name, index in where.items()}
+        try:
+            idx = int(value["idx"].strip())
+            radius = float(value["radius"].strip())
+            if not math.isfinite(radius) or radius < 0:
+                raise ValueError(f"radius {value['radius']!r} is not a finite number >= 0")
+            correct_text = value["correct"].strip().lower()
+            if correct_text not in _TRUE:
+                raise ValueError(f"correct {value['correct']!r} is not True/False or 1/0")
+        except ValueError as exc:
+            raise NotAQueryLogError(f"{path}:{number}: malformed row ({exc})") from None
+        predicted: Optional[str] = value["predict"]
+        if predicted.strip() == "-1":
+            predicted = None
+        rows.append(LegacyTSVRow(idx=idx, true_label=value["label"], predicted=predicted, radius=radius,
+                                 correct=_TRUE[correct_text]))
+    return rows
