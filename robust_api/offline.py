@@ -43,8 +43,9 @@ def as_call_log(logs: Any) -> CallLog:
     hint = ""
     if isinstance(logs, (list, tuple)):
         hint = (
-            " A plain list looks like the predecessor's pickled responses: those carry no seed, phase or "
-            "noise level, so they cannot be re-certified soundly as they are."
+            " A plain list looks like the predecessor's pickled responses: they carry no phase or noise level; "
+            "import their pred_hist_<i>.pkl files with robust_api.import_legacy(folder, api, noise_sd=...) "
+            "(robust-api import-legacy), then certify the calls of the log it returns."
         )
     raise InvalidInputError(
         f"offline predict/certify needs a CallLog (result.logs, or an item of robust_api.open_log(path)), "
@@ -371,6 +372,8 @@ def fixed_n_outcome(
     Raises:
         LogMismatchError: n = 0 (no estimation sample was logged).
     """
+    if method not in ("cohen", "top2"):
+        raise InvalidParameterError(f"fixed_n_outcome certifies 'cohen' or 'top2', got {method!r}")
     if n < 1:
         raise LogMismatchError(
             f"call {run_id} holds no estimation samples; certification needs at least one "

@@ -340,7 +340,7 @@ def test_predecessor_tsv_files_analyse_with_their_own_truth(tmp_path):
     cohen_tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.61\t1\t0:00:01\n1\t5\t-1\t0.0\t0\t0:00:01\n")
     report = analyze([api_tsv, cohen_tsv], labels={"unused": "x"}, radii=(0, 0.25))
     first, second = report.groups
-    assert first.key["provider"] == "tsv:cohen.tsv" and second.key["provider"] == "tsv:log.txt"
+    assert first.key["provider"] == f"tsv:{cohen_tsv}" and second.key["provider"] == f"tsv:{api_tsv}"
     assert first.certified_accuracy == {0.0: 0.5, 0.25: 0.5}
     assert second.certified_accuracy == {0.0: 0.5, 0.25: 0.25}
     assert second.abstention_rate == 0.25 and second.queries is None
@@ -377,8 +377,62 @@ def test_a_folder_source_reads_every_log_in_it(tmp_path, known):
         source.backup(copy)  # a byte copy could miss what is still in the -wal file
     (folder / "notes.md").write_text("not a log")
     report = analyze(folder)
-    assert report.groups[0].images == 3 and report.skipped["repeat"] == 3  # same calls twice: counted once
+    assert report.groups[0].images == 3 and report.skipped["duplicate"] == 6  # same 6 calls twice: read once
+    assert report.predict_queries == 3
+    assert report.groups[0].queries == 3 * 120 and "read once" in report.table()
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no query logs"):
         analyze(empty)
+
+
+def test_tsv_radii_count_only_what_their_rounding_makes_certain(tmp_path):
+    """log.txt printed radii with 3 decimals: 0.250 may have been 0.2495, so it does not count at r = 0.25."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder, radius in ((first, "0.250"), (second, "0.251")):
+        folder.mkdir()
+        (folder / "log.txt").write_text(f"idx\tcorrect\tradius\tlabel\tpredict\n0\tTrue\t{radius}\tcat\tcat\n")
+    report = analyze([first / "log.txt", second / "log.txt"], radii=(0.25,))
+    # every predecessor TSV is called log.txt: the path keeps two runs apart
+    assert [group.certified_accuracy[0.25] for group in report.groups] == [0.0, 1.0]
+
+
+def test_an_unknown_method_is_refused_not_given_a_fixed_n_bound(known, tmp_path):
+    _, log = known
+    with sqlite3.connect(log) as conn:
+        conn.execute("UPDATE calls SET params = json_set(params, '$.method', 'adaptive-v2') WHERE kind = 'certify'")
+    with pytest.raises(InvalidParameterError, match="method must be one of"):
+        analyze(log)
+
+
+def test_incomplete_calls_spending_is_reported(known):
+    _, log = known
+    with sqlite3.connect(log) as conn:
+        conn.execute("UPDATE calls SET status = 'failed' WHERE run_id = "
+                     "(SELECT run_id FROM calls WHERE kind = 'certify' LIMIT 1)")
+    report = analyze(log)
+    assert report.incomplete_queries == 120 and report.groups[0].queries == 240
+    assert "they paid 120 queries" in report.table()
+
+
+def test_sources_may_be_a_query_log_or_one_call(known):
+    _, log = known
+    opened = open_log(log)
+    by_log = analyze(opened)
+    assert by_log.groups[0].images == 3 and by_log.sources == ["SQLiteQueryLog"]
+    one = next(call for call in opened if call.kind == "certify")
+    (row,) = analyze(one).rows
+    assert row.run_id == one.run_id and row.radius == certify_from_log(one).radius
+
+
+def test_cli_analyze_refuses_bad_labels_and_plot_paths(known, tmp_path, capsys):
+    folder, log = known
+    short = tmp_path / "short.csv"
+    short.write_text("image_digest,label\nabc\n")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("image_digest,label\nabc,caf\xe9\n".encode("latin-1"))
+    for labels, message in ((short, "line 2"), (latin, "not a UTF-8 CSV"), (tmp_path, "no labels CSV")):
+        assert main(["analyze", str(log), "--labels", str(labels)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["analyze", str(log), "--plot", str(tmp_path / "plot.xyz")]) == 2
+    assert "use .png, .pdf or .svg" in capsys.readouterr().err

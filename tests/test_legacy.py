@@ -485,12 +485,12 @@ def malicious_payloads(marker: Path):
         "codecs-3-args": (lambda: pickle.dumps([Reducer(codecs.encode, "abc", "latin1", "strict")], protocol=2),
                           "calls _codecs.encode with \\(str, str, str\\)"),
         "bytes-of-a-huge-int": (lambda: pickle.dumps([Reducer(bytes, 10**12)], protocol=2), "calls builtins.bytes with \\(int\\)"),
-        "persistent-id": (lambda: persistent_blob(), "persistent id"),
+        "persistent-id": (lambda: persistent_blob(), "persistent id|opcode BINPERSID"),
         "set": (lambda: pickle.dumps({"ground_truth": [{"cat"}], "pred": valid_pred}, protocol=2), "set"),
         "copyreg": (lambda: pickle.dumps({"ground_truth": [Plain()], "pred": valid_pred}, protocol=1),
-                    "copy_?reg._reconstructor"),
+                    "copy_?reg._reconstructor|opcode BUILD"),
         "numpy": (lambda: pickle.dumps({"ground_truth": [[{"name": "cat", "confidence": np.float64(0.9)}]],
-                                        "pred": valid_pred}), "numpy"),
+                                        "pred": valid_pred}), "numpy|opcode BUILD"),
     }
 
 
@@ -620,9 +620,11 @@ def test_read_predecessor_tsv(tmp_path):
         "\n"
     )
     assert read_legacy_tsv(path) == [
-        LegacyTSVRow(idx=0, true_label="Tabby cat", predicted="Tabby cat", radius=0.412, correct=True),
-        LegacyTSVRow(idx=1, true_label="dog", predicted=None, radius=0.0, correct=False),
-        LegacyTSVRow(idx=2, true_label="None", predicted="cat", radius=0.13, correct=False),
+        LegacyTSVRow(idx=0, true_label="Tabby cat", predicted="Tabby cat", radius=0.412, correct=True,
+                     radius_lower=pytest.approx(0.4115)),
+        LegacyTSVRow(idx=1, true_label="dog", predicted=None, radius=0.0, correct=False, radius_lower=0.0),
+        LegacyTSVRow(idx=2, true_label="None", predicted="cat", radius=0.13, correct=False,
+                     radius_lower=pytest.approx(0.1295)),
     ]
     with pytest.raises(Exception):
         read_legacy_tsv(path)[0].idx = 3  # frozen
@@ -661,3 +663,43 @@ def test_malformed_tsv(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(NotAQueryLogError, match=message):
         read_legacy_tsv(path)
+
+
+def test_copyreg_extension_codes_cannot_bypass_find_class(tmp_path):
+    """EXT opcodes fetch from copyreg's extension cache without asking find_class: refused unread."""
+    import copyreg
+    import struct
+
+    marker = tmp_path / "EXT_RAN"
+    code = 0x7FF1
+    copyreg.add_extension("os", "system", code)
+    try:
+        pickle.loads(b"\x80\x02\x83" + struct.pack("<H", code) + b".")  # fills copyreg._extension_cache
+        command = f"touch {marker}".encode()
+        path = tmp_path / "pred_hist_0.pkl"
+        path.write_bytes(b"\x80\x02\x83" + struct.pack("<H", code) + b"X" + struct.pack("<I", len(command))
+                         + command + b"\x85R.")
+        with pytest.raises(UnsafePickleError, match="opcode EXT2"):
+            load_legacy_pickle(path)
+    finally:
+        copyreg.remove_extension("os", "system", code)
+        copyreg._extension_cache.pop(code, None)
+    assert not marker.exists()
+
+
+def test_a_small_pickle_cannot_expand_into_a_huge_one(tmp_path):
+    """One memoized list copied again and again through an admitted type: refused within budget."""
+    items, copies = 100_000, 200
+    parts = [b"\x80\x02cbuiltins\nlist\nq\x00]q\x01(" + b"K\x01" * items + b"e0",
+             b"}q\x02(X\x0c\x00\x00\x00ground_truth]X\x04\x00\x00\x00pred](", b"h\x00h\x01\x85R" * copies, b"eu."]
+    path = tmp_path / "pred_hist_0.pkl"
+    path.write_bytes(b"".join(parts))
+    with pytest.raises(UnsafePickleError, match="copies more items than the file could hold"):
+        load_legacy_pickle(path)
+
+
+def test_build_cannot_reach_the_unpickler_state(tmp_path):
+    path = tmp_path / "pred_hist_0.pkl"
+    path.write_bytes(b"c_codecs\nencode\n}S'polluted'\nI1\nsb.")
+    with pytest.raises(UnsafePickleError, match="opcode BUILD"):
+        load_legacy_pickle(path)

@@ -12,11 +12,13 @@ denoiser or GPU.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional, Union
 
 from ..errors import InvalidParameterError
-from ..validation import check_radius
+from ..query_logs import CallLog, QueryLog
+from ..validation import check_alpha, check_radius
 from .collect import CertifiedImage, collect, load_labels
 from .metrics import average_certified_radius, certified_accuracy, certified_accuracy_curve
 from .report import GROUP_FIELDS, AnalysisReport, GroupSummary, summarize_group
@@ -98,6 +100,8 @@ def analyze(
     """
     radii = _check_radii(radii)
     by = _check_by(by)
+    if alpha is not None:
+        alpha = check_alpha(alpha)
     if truth is None:
         truth = "labels" if labels is not None else "clean"
     if truth not in TRUTHS:
@@ -105,7 +109,7 @@ def analyze(
     if truth == "labels" and labels is None:
         raise InvalidParameterError("truth='labels' needs labels= (a CSV of image file or digest and label)")
     true_labels = labels if isinstance(labels, dict) or labels is None else load_labels(labels)
-    if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, Iterable):
+    if isinstance(sources, (str, os.PathLike, QueryLog, CallLog)) or not isinstance(sources, Iterable):
         sources = [sources]
     sources = list(sources)
     collected = collect(sources, alpha=alpha)
@@ -113,7 +117,7 @@ def analyze(
     for row in collected.rows:
         if row.run_id is not None:  # TSV rows keep their own ground truth
             chosen = true_labels.get(row.image) if truth == "labels" else row.clean_label
-            row = _with_truth(row, chosen)
+            row = replace(row, truth=chosen)
         rows.append(row)
     groups: dict[tuple, list[CertifiedImage]] = {}
     for row in rows:
@@ -132,14 +136,9 @@ def analyze(
         rows=rows, groups=summaries, radii=radii, by=by, truth=truth, truth_description=description,
         sources=[os.fspath(s) if isinstance(s, (str, os.PathLike)) else type(s).__name__ for s in sources],
         skipped=collected.skipped, predict_queries=collected.predict_queries,
-        predict_cost_usd=collected.predict_cost_usd,
+        predict_cost_usd=collected.predict_cost_usd, incomplete_queries=collected.incomplete_queries,
+        incomplete_cost_usd=collected.incomplete_cost_usd,
     )
-
-
-def _with_truth(row: CertifiedImage, truth_label: Optional[str]) -> CertifiedImage:
-    from dataclasses import replace
-
-    return replace(row, truth=truth_label)
 
 
 def _order(value: Any) -> tuple:

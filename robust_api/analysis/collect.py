@@ -9,7 +9,6 @@ computed in SQL for the SQLite store) with :func:`robust_api.offline.fixed_n_out
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -52,7 +51,7 @@ class CertifiedImage:
         radius: the certified L2 radius (0.0 on abstention).
         p_lower: the bound p̲_A (None for TSV rows).
         samples: queries the method used, paid or reused (None for TSV rows).
-        queries: queries paid for by this call, plus those of earlier runs of the same call
+        queries: queries paid for by this call, plus those of later runs of the same call
             that the analysis left out as repeats (reused answers are free; None for TSV rows).
         cost_usd: what those queries cost at the logged prices (None for TSV rows).
         clean_label: the provider's own label on the clean image, when the logs hold one.
@@ -91,13 +90,16 @@ class CertifiedImage:
 @dataclass
 class Collected:
     """What :func:`collect` read: the rows, the clean labels, what it left out and why, and the
-    queries paid by predict calls (clean labels included), which certify rows do not count."""
+    queries paid by predict calls (clean labels included) and by certify calls that did not
+    complete, which no row counts."""
 
     rows: list
     clean_labels: dict
     skipped: Counter
     predict_queries: int = 0
     predict_cost_usd: float = 0.0
+    incomplete_queries: int = 0
+    incomplete_cost_usd: float = 0.0
 
 
 def _settings_text(params: dict, selection_is_clean: bool) -> str:
@@ -123,8 +125,9 @@ def _row_from_summary(summary: CallSummary, source: str, alpha: Optional[float],
         model_version=header.model_version, denoiser=header.denoiser_id or "none", noise_sd=float(header.noise_sd),
         method=method, settings=_settings_text(params, selection_is_clean), queries=paid, cost_usd=cost,
     )
-    if method == "sequential" or (selection_is_clean and clean.samples != 1):
-        # the sequential rule replays the records in order; counts are not enough
+    if method not in ("cohen", "top2") or (selection_is_clean and clean.samples != 1):
+        # the sequential rule replays the records in order (counts are not enough); any other
+        # method name is refused there rather than given a fixed-N bound it may not deserve
         cert = certify_from_log(load(header.run_id), alpha=alpha)
         return CertifiedImage(
             alpha=cert.alpha, label=None if cert.label is ABSTAIN else cert.label, radius=cert.radius,
@@ -144,9 +147,10 @@ def _row_from_summary(summary: CallSummary, source: str, alpha: Optional[float],
                           samples=used_for_selection + outcome.n, **common)
 
 
-def _repeat_key(header) -> tuple:
+def _repeat_key(header, row: CertifiedImage) -> tuple:
+    """Calls with equal keys certify the same image in the same table row: one of them counts."""
     return (header.image_digest, header.provider, header.model_version, header.denoiser_id, header.denoiser_digest,
-            header.noise_sd, json.dumps(header.params, sort_keys=True))
+            header.noise_sd, row.method, row.settings, row.alpha)
 
 
 def _rows_of(source: Source, visit: Callable[[str, CallSummary, Callable], None]) -> None:
@@ -186,9 +190,11 @@ def _tsv_rows(path: Path) -> list[CertifiedImage]:
     rows = []
     for row in read_legacy_tsv(path):
         rows.append(CertifiedImage(
-            source=os.fspath(path), run_id=None, image=f"{path.name}#{row.idx}", provider=f"tsv:{path.name}",
-            model_version=None, denoiser="-", noise_sd=None, method="cohen", settings="-", alpha=None,
-            label=row.predicted, radius=float(row.radius) if row.predicted is not None else 0.0, p_lower=None,
+            source=os.fspath(path), run_id=None, image=f"{os.fspath(path)}#{row.idx}",
+            provider=f"tsv:{os.fspath(path)}", model_version=None, denoiser="-", noise_sd=None, method="cohen",
+            settings="-", alpha=None, label=row.predicted,
+            # the file printed a rounded radius: count only what it certainly certified
+            radius=row.radius_lower if row.predicted is not None else 0.0, p_lower=None,
             samples=None, queries=None, cost_usd=None, clean_label=None, truth=row.true_label,
         ))
     return rows
@@ -225,9 +231,10 @@ def collect(sources: Iterable[Source], alpha: Optional[float] = None) -> Collect
     Returns:
         A :class:`Collected`. Calls that did not complete are left out (``skipped["incomplete"]``);
         of several complete calls with the same image, provider, model, denoiser, σ and
-        parameters (a rerun that reused the log), only the latest certificate is kept
-        (``skipped["repeat"]``), so no image counts twice; the queries all of them paid are
-        added to the row kept. Clean labels are the most frequent clean answer per (image,
+        method and budget (a rerun that reused the log), only the earliest certificate is
+        kept (``skipped["repeat"]``), so no image counts twice and no rerun can replace a
+        result; the queries all of them paid are added to the row kept. A call found in two
+        sources (a log and its export) is read once (``skipped["duplicate"]``). Clean labels are the most frequent clean answer per (image,
         provider, model version) over predict calls with noise_sd = 0 and clean selections;
         a tie leaves the image without one.
     """
@@ -235,35 +242,44 @@ def collect(sources: Iterable[Source], alpha: Optional[float] = None) -> Collect
     tsv_rows: list[CertifiedImage] = []
     clean_votes: dict[tuple, Counter] = {}
     skipped: Counter = Counter()
-    predict_queries, predict_cost = 0, 0.0
+    seen_runs: set[str] = set()
+    spent = Counter()
     order = 0
 
     def visit(name: str, summary: CallSummary, load: Callable[[str], CallLog]) -> None:
-        nonlocal order, predict_queries, predict_cost
+        nonlocal order
         header = summary.header
+        if header.run_id in seen_runs:  # the same call in two sources (a log and its export)
+            skipped["duplicate"] += 1
+            return
+        seen_runs.add(header.run_id)
+        paid = sum(p.paid for p in summary.phases.values())
+        cost = sum(p.cost_usd for p in summary.phases.values())
         clean = summary.phase("clean")
         if clean.samples:
             clean_votes.setdefault((header.image_digest, header.provider, header.model_version), Counter()).update(
                 clean.votes)
         if header.kind != "certify":
-            predict_queries += sum(p.paid for p in summary.phases.values())
-            predict_cost += sum(p.cost_usd for p in summary.phases.values())
+            spent["predict_queries"] += paid
+            spent["predict_cost_usd"] += cost
             return
         if summary.status != "complete":
             skipped["incomplete"] += 1
+            spent["incomplete_queries"] += paid
+            spent["incomplete_cost_usd"] += cost
             return
         row = _row_from_summary(summary, name, alpha, load)
         order += 1
-        key = _repeat_key(header)
+        key = _repeat_key(header, row)
         if key in kept:
             skipped["repeat"] += 1
-            earlier = kept[key][2]
-            # what every call paid is spent, whichever certificate is kept
-            paid = dict(queries=earlier.queries + row.queries, cost_usd=earlier.cost_usd + row.cost_usd)
-            row = replace(row if (header.created, order) >= kept[key][:2] else earlier, **paid)
-            if row.run_id == earlier.run_id:
-                kept[key] = (*kept[key][:2], row)
-                return
+            earlier_created, earlier_order, earlier = kept[key]
+            # the earliest complete call counts, whatever the results: a rerun cannot replace it
+            # (so rerunning until a certificate looks better changes nothing); all of them paid
+            first = earlier if (earlier_created, earlier_order) <= (header.created, order) else row
+            kept[key] = (min(earlier_created, header.created), min(earlier_order, order),
+                         replace(first, queries=earlier.queries + row.queries, cost_usd=earlier.cost_usd + row.cost_usd))
+            return
         kept[key] = (header.created, order, row)
 
     if isinstance(sources, (str, os.PathLike, QueryLog, CallLog)):
@@ -280,7 +296,9 @@ def collect(sources: Iterable[Source], alpha: Optional[float] = None) -> Collect
             clean_labels[key] = top_label(votes)
     rows = [entry[2] for entry in sorted(kept.values(), key=lambda entry: entry[1])]
     rows = [replace(row, clean_label=clean_labels.get((row.image, row.provider, row.model_version))) for row in rows]
-    return Collected(rows + tsv_rows, clean_labels, skipped, predict_queries, predict_cost)
+    return Collected(rows + tsv_rows, clean_labels, skipped, int(spent["predict_queries"]),
+                     float(spent["predict_cost_usd"]), int(spent["incomplete_queries"]),
+                     float(spent["incomplete_cost_usd"]))
 
 
 def load_labels(path: Union[str, os.PathLike], label_column: Optional[str] = None) -> dict[str, str]:
@@ -297,24 +315,35 @@ def load_labels(path: Union[str, os.PathLike], label_column: Optional[str] = Non
         InvalidInputError: missing columns or files, with what to fix.
     """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if label_column is None:
-            label_column = "class_name" if "class_name" in columns else "label"
-        if label_column not in columns or not ({"file", "image_digest"} & set(columns)):
-            raise InvalidInputError(
-                f"{path}: a labels CSV needs a 'file' or 'image_digest' column and a {label_column!r} column; "
-                f"it has {columns}"
-            )
-        labels = {}
-        for line, row in enumerate(reader, start=2):
-            if row.get("image_digest"):
-                digest = row["image_digest"].strip().lower()
-            else:
-                image_path = path.parent / row["file"]
-                if not image_path.is_file():
-                    raise InvalidInputError(f"{path}, line {line}: no image at {image_path}")
-                digest = image_digest(as_image(image_path))
-            labels[digest] = row[label_column].strip()
+    if not path.is_file():
+        raise InvalidInputError(f"no labels CSV at {os.fspath(path)!r} (pass a file, e.g. examples/images/LABELS.csv)")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return _read_labels(path, csv.DictReader(handle), label_column)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{path} is not a UTF-8 CSV file ({exc})") from None
+
+
+def _read_labels(path: Path, reader: csv.DictReader, label_column: Optional[str]) -> dict[str, str]:
+    columns = reader.fieldnames or []
+    if label_column is None:
+        label_column = "class_name" if "class_name" in columns else "label"
+    if label_column not in columns or not ({"file", "image_digest"} & set(columns)):
+        raise InvalidInputError(
+            f"{path}: a labels CSV needs a 'file' or 'image_digest' column and a {label_column!r} column; "
+            f"it has {columns}"
+        )
+    labels = {}
+    for line, row in enumerate(reader, start=2):
+        label, digest, name = row.get(label_column), row.get("image_digest"), row.get("file")
+        if not label or not (digest or name):
+            raise InvalidInputError(f"{path}, line {line}: an image ('file' or 'image_digest') and a label are needed")
+        if digest:
+            digest = digest.strip().lower()
+        else:
+            image_path = path.parent / name
+            if not image_path.is_file():
+                raise InvalidInputError(f"{path}, line {line}: no image at {image_path}")
+            digest = image_digest(as_image(image_path))
+        labels[digest] = label.strip()
     return labels

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from ..errors import InvalidParameterError, MissingDependencyError
 from .collect import CertifiedImage
 from .metrics import certified_accuracy_curve
 
@@ -107,9 +107,11 @@ class AnalysisReport:
         by: the grouping fields.
         truth: "labels" or "clean"; ``truth_description`` says it in words.
         sources: what was read.
-        skipped: reason → calls left out ("incomplete", "repeat").
+        skipped: reason → calls left out ("incomplete", "repeat", "duplicate").
         predict_queries, predict_cost_usd: queries (and dollars) of predict calls, such as the
             clean-label queries, which no group counts.
+        incomplete_queries, incomplete_cost_usd: what the certify calls that did not complete
+            paid (no group counts them either).
     """
 
     rows: list
@@ -122,6 +124,8 @@ class AnalysisReport:
     skipped: Counter = field(default_factory=Counter)
     predict_queries: int = 0
     predict_cost_usd: float = 0.0
+    incomplete_queries: int = 0
+    incomplete_cost_usd: float = 0.0
 
     # -- text -------------------------------------------------------------------------------
     def _columns(self) -> list[str]:
@@ -146,12 +150,17 @@ class AnalysisReport:
         if unjudged:
             lines.append(f"{unjudged} certified image(s) have no ground truth and are left out of the accuracies")
         if self.skipped.get("incomplete"):
-            lines.append(f"{self.skipped['incomplete']} certify call(s) did not complete and are left out")
+            lines.append(
+                f"{self.skipped['incomplete']} certify call(s) did not complete and are left out "
+                f"(they paid {self.incomplete_queries} queries, USD {self.incomplete_cost_usd:.2f})"
+            )
         if self.skipped.get("repeat"):
             lines.append(
                 f"{self.skipped['repeat']} repeated call(s) on the same image and settings are left out "
-                "(the latest is kept, whatever its result)"
+                "(the earliest is kept, whatever the results; the queries of all are counted)"
             )
+        if self.skipped.get("duplicate"):
+            lines.append(f"{self.skipped['duplicate']} call(s) appeared in more than one source and were read once")
         if self.predict_queries:
             lines.append(
                 f"predict calls (clean labels) paid {self.predict_queries} more queries "
@@ -208,6 +217,7 @@ class AnalysisReport:
             "truth": self.truth, "truth_description": self.truth_description, "radii": list(self.radii),
             "by": list(self.by), "sources": list(self.sources), "skipped": dict(self.skipped),
             "predict_queries": self.predict_queries, "predict_cost_usd": self.predict_cost_usd,
+            "incomplete_queries": self.incomplete_queries, "incomplete_cost_usd": self.incomplete_cost_usd,
             "notes": self.notes(), "groups": groups,
         }
         if rows:
@@ -281,7 +291,10 @@ class AnalysisReport:
         if self.groups:
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
         if path is not None:
-            figure.savefig(path, bbox_inches="tight")
+            try:
+                figure.savefig(path, bbox_inches="tight")
+            except ValueError as exc:  # e.g. an unknown file suffix
+                raise InvalidParameterError(f"cannot write the plot to {os.fspath(path)!r}: {exc}; use .png, .pdf or .svg") from None
         return figure
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import decimal
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ import logging
 import math
 import os
 import pickle
+import pickletools
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -35,12 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..errors import InvalidParameterError, LogMismatchError, NotAQueryLogError, UnsafePickleError
+from ..errors import (
+    InvalidParameterError, LogIntegrityError, LogMismatchError, NotAQueryLogError, ProviderResponseError,
+    UnsafePickleError,
+)
 from ..pricing import price_per_query
 from ..providers.cloud import NO_LABEL
 from ..validation import check_alpha, check_noise_sd, check_sample_count
 from .exchange import export_jsonl, export_parquet, import_jsonl, import_parquet
-from .records import CallHeader, CallLog, QueryRecord
+from .records import CallHeader, CallLog, QueryRecord, dumps_raw
 from .store import MemoryQueryLog, QueryLog, open_store
 
 __all__ = [
@@ -100,32 +105,39 @@ class RestrictedUnpickler(pickle.Unpickler):
     Admitted globals: ``dict``, ``list``, ``tuple``, ``str``, ``bytes``, ``int``, ``float``,
     ``bool`` (module ``builtins``, or ``__builtin__`` as protocols 0–2 write it),
     ``collections.OrderedDict``, and ``_codecs.encode`` (how Python 3 writes ``bytes`` at
-    protocols 0–2). Each is handed out as a wrapper that checks its arguments when the pickle
-    calls it: ``_codecs.encode`` only as ``(str, "latin1")``, the types only with no argument
-    or with plain data of the expected kind. Every other global (``os.system``,
-    ``builtins.eval``, ``copyreg._reconstructor``, ``set``, NumPy ...) and every persistent id
-    raises :class:`UnsafePickleError` when the pickle names it, i.e. before it could be called.
+    protocols 0–2). Each is handed out as a fresh wrapper that checks its arguments when the
+    pickle calls it: ``_codecs.encode`` only as ``(str, "latin1")``, the types with no argument
+    or (containers) one list, and what the wrappers build is charged to a budget, so a small
+    file cannot expand into a huge one. Every other global (``os.system``, ``builtins.eval``,
+    ``copyreg._reconstructor``, ``set``, NumPy ...) and every persistent id raises
+    :class:`UnsafePickleError` when the pickle names it, i.e. before it could be called.
+    :func:`load_legacy_pickle` also scans the opcodes first and refuses those plain data never
+    uses (BUILD, INST, OBJ, NEWOBJ, the EXT codes of copyreg's registry, which would bypass
+    ``find_class``, persistent ids, out-of-band buffers).
 
     Args:
         file: a binary file object positioned at the pickle.
         path: the file's name, for messages.
+        encode_budget: bytes ``_codecs.encode`` and items the container types may build in total.
     """
 
-    def __init__(self, file: io.BufferedIOBase, path: PathLike = "<pickle>"):
+    def __init__(self, file: io.BufferedIOBase, path: PathLike = "<pickle>", encode_budget: int = 64 * 2**20):
         # Python 2 pickles: 8-bit str is decoded as UTF-8 (what API responses were)
         super().__init__(file, fix_imports=False, encoding="utf-8", errors="strict")
         self._path = os.fspath(path)
+        self._encode_budget = encode_budget  # bytes _codecs.encode may build in total (no amplification)
+        self._copy_budget = encode_budget  # items the container types may copy in total
         self._allowed: dict[tuple[str, str], Callable[..., Any]] = {
-            ("builtins", "dict"): self._typed("builtins.dict", dict, (dict, list, tuple)),
-            ("builtins", "list"): self._typed("builtins.list", list, (list, tuple)),
-            ("builtins", "tuple"): self._typed("builtins.tuple", tuple, (list, tuple)),
-            ("builtins", "str"): self._typed("builtins.str", str, (str,)),
-            ("builtins", "bytes"): self._typed("builtins.bytes", bytes, (bytes,)),
-            ("builtins", "int"): self._typed("builtins.int", int, (int,)),
-            ("builtins", "float"): self._typed("builtins.float", float, (float, int)),
-            ("builtins", "bool"): self._typed("builtins.bool", bool, (bool, int)),
-            ("collections", "OrderedDict"): self._typed("collections.OrderedDict", OrderedDict, (dict, list, tuple)),
-            ("_codecs", "encode"): self._latin1_encode,
+            ("builtins", "dict"): self._typed("builtins.dict", dict),
+            ("builtins", "list"): self._typed("builtins.list", list),
+            ("builtins", "tuple"): self._typed("builtins.tuple", tuple),
+            ("builtins", "str"): self._typed("builtins.str", str),
+            ("builtins", "bytes"): self._typed("builtins.bytes", bytes),
+            ("builtins", "int"): self._typed("builtins.int", int),
+            ("builtins", "float"): self._typed("builtins.float", float),
+            ("builtins", "bool"): self._typed("builtins.bool", bool),
+            ("collections", "OrderedDict"): self._typed("collections.OrderedDict", OrderedDict),
+            ("_codecs", "encode"): self._latin1_encoder(),
         }
 
     def _refuse(self, what: str) -> UnsafePickleError:
@@ -135,28 +147,43 @@ class RestrictedUnpickler(pickle.Unpickler):
             "re-save the responses as such plain data (or as JSON)."
         )
 
-    def _typed(self, name: str, factory: type, accepted: tuple[type, ...]) -> Callable[..., Any]:
-        kinds = set(accepted) | ({OrderedDict} if dict in accepted else set())
-
+    def _typed(self, name: str, factory: type) -> Callable[..., Any]:
         def build(*args: Any, **kwargs: Any) -> Any:
-            # no argument, or one argument that is already plain data of a fitting kind
-            if kwargs or len(args) > 1 or (args and type(args[0]) not in kinds):
+            # plain data calls these with no argument (Python 3: OrderedDict() then SETITEMS, bytes()
+            # for b""), or a container with one list of items (Python 2's OrderedDict([[k, v], ...]));
+            # what is copied is charged to a budget, so a small pickle cannot copy one big list again
+            # and again
+            if not args and not kwargs:
+                return factory()
+            if kwargs or len(args) != 1 or factory not in (dict, OrderedDict, list, tuple) \
+                    or type(args[0]) not in (list, tuple):
                 raise self._refuse(
-                    f"it calls {name} with {_describe_args(args)}; plain data calls it with no argument or "
-                    f"with {' / '.join(sorted(kind.__name__ for kind in kinds))}"
+                    f"it calls {name} with {_describe_args(args)}; plain data calls it with no argument "
+                    "(or a container with one list)"
                 )
-            return factory(*args)
+            self._copy_budget -= len(args[0])
+            if self._copy_budget < 0:
+                raise self._refuse("it copies more items than the file could hold (one list copied over and over)")
+            return factory(args[0])
 
         build.__qualname__ = build.__name__ = f"restricted_{name}"
         return build
 
-    def _latin1_encode(self, *args: Any, **kwargs: Any) -> bytes:
-        if kwargs or len(args) != 2 or type(args[0]) is not str or type(args[1]) is not str \
-                or args[1].lower() not in ("latin1", "latin-1"):
-            shown = _describe_args(args) if len(args) != 2 or type(args[1]) is not str else \
-                f"({type(args[0]).__name__}, {args[1][:40]!r})"
-            raise self._refuse(f"it calls _codecs.encode with {shown}; only (str, 'latin1') encodes bytes")
-        return codecs.encode(args[0], "latin-1")
+    def _latin1_encoder(self) -> Callable[..., bytes]:
+        def encode(*args: Any, **kwargs: Any) -> bytes:
+            if kwargs or len(args) != 2 or type(args[0]) is not str or type(args[1]) is not str \
+                    or args[1].lower() not in ("latin1", "latin-1"):
+                shown = _describe_args(args) if len(args) != 2 or type(args[1]) is not str else \
+                    f"({type(args[0]).__name__}, {args[1][:40]!r})"
+                raise self._refuse(f"it calls _codecs.encode with {shown}; only (str, 'latin1') encodes bytes")
+            self._encode_budget -= len(args[0])
+            if self._encode_budget < 0:
+                raise self._refuse("it builds more bytes than the file could hold (the same string encoded over and over)")
+            return codecs.encode(args[0], "latin-1")
+
+        # a fresh function per unpickler: nothing a pickle does to it outlives this load
+        encode.__qualname__ = encode.__name__ = "restricted__codecs.encode"
+        return encode
 
     def find_class(self, module: str, name: str) -> Any:
         """The admitted wrapper for ``module.name``; anything else raises UnsafePickleError."""
@@ -220,6 +247,35 @@ class _PlainData:
             on_path.discard(id(obj))
 
 
+#: Opcodes plain data never needs: object construction and state (BUILD, INST, OBJ, NEWOBJ*),
+#: the copyreg extension registry (EXT*, which would skip find_class), references outside the
+#: file (PERSID, BINPERSID) and out-of-band buffers. A pickle holding one is refused unread.
+_OBJECT_OPCODES = frozenset({
+    "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID",
+    "NEXT_BUFFER", "READONLY_BUFFER",
+})
+
+
+def _refuse_object_opcodes(blob: bytes, path: Path) -> None:
+    """Scan the opcodes (nothing is built or called): refuse an unreadable stream, and one using
+    an opcode plain data never needs."""
+    forbidden = None
+    try:
+        for opcode, _, position in pickletools.genops(blob):
+            if opcode.name in _OBJECT_OPCODES and forbidden is None:
+                forbidden = (opcode.name, position)
+    except Exception as exc:  # truncated, garbled, or not a pickle at all
+        raise NotAQueryLogError(
+            f"{path} is not a readable predecessor pickle ({type(exc).__name__}: {exc}); the importer reads the "
+            "pred_hist_<i>.pkl files written by microsoft/denoised-smoothing's vision_api"
+        ) from None
+    if forbidden is not None:
+        raise UnsafePickleError(
+            f"{path}: refused to load the pickle: it uses the opcode {forbidden[0]} at byte {forbidden[1]}, which "
+            "builds objects rather than plain data. Nothing was executed."
+        )
+
+
 def load_legacy_pickle(path: PathLike, *, max_bytes: int = MAX_PICKLE_BYTES) -> dict:
     """Read one predecessor pickle ``pred_hist_<i>.pkl`` safely.
 
@@ -259,8 +315,9 @@ def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes]:
         blob = handle.read(max_bytes + 1)
     if len(blob) > max_bytes:
         raise NotAQueryLogError(f"{path} grew past {max_bytes:,} bytes while being read; refused")
+    _refuse_object_opcodes(blob, path)
     try:
-        loaded = RestrictedUnpickler(io.BytesIO(blob), path).load()
+        loaded = RestrictedUnpickler(io.BytesIO(blob), path, encode_budget=max(1 << 20, 2 * len(blob))).load()
     except UnsafePickleError:
         raise
     except RecursionError:
@@ -487,6 +544,9 @@ def _calls_of_file(path: Path, settings: _Settings) -> list[CallLog]:
         try:
             label = _label(api, response)
             raw = _jsonable(response)
+            dumps_raw(raw)  # storable as JSON: checked before anything is written
+        except ProviderResponseError as exc:
+            raise NotAQueryLogError(f"{path}: {where} cannot be stored as JSON ({exc})") from None
         except _ShapeError as exc:
             raise NotAQueryLogError(
                 f"{path}: {where} is not {_EXPECTED_SHAPE[api]} ({exc}); were these answers from another API? "
@@ -545,8 +605,14 @@ def _write(target: QueryLog, calls: Sequence[CallLog], settings: _Settings) -> t
     for call in calls:
         run_id = call.header.run_id
         if run_id in present:
+            earlier_call = target.load_call(run_id, with_raw=False)
+            if earlier_call.status != "complete":
+                raise LogIntegrityError(
+                    f"{call.header.params.get('file')} was imported into this log before, but that import was "
+                    f"interrupted (its {call.header.kind} call is {earlier_call.status!r}); import into a new log"
+                )
             skipped += 1
-            earlier = target.load_call(run_id).header
+            earlier = earlier_call.header
             if (earlier.noise_sd, earlier.params.get("N0"), earlier.provider) != (
                     call.header.noise_sd, call.header.params.get("N0"), call.header.provider):
                 logger.warning(
@@ -689,8 +755,11 @@ class LegacyTSVRow:
         true_label: the label used as ground truth (str; Cohen's int classes as text, the
             predecessor's clean API label, ``"None"`` for an empty answer).
         predicted: the certified class (str), or None when it abstained ("-1").
-        radius: the certified L2 radius (finite, ≥ 0; 0 on abstention).
+        radius: the certified L2 radius as printed (finite, ≥ 0; 0 on abstention).
         correct: whether the certified class equals the true label.
+        radius_lower: the smallest radius that prints as ``radius``: the printed value minus
+            half a unit of its last digit, at least 0 (the files rounded the radius, to 3
+            decimals or 3 significant digits, so only this much is certain).
     """
 
     idx: int
@@ -698,10 +767,17 @@ class LegacyTSVRow:
     predicted: Optional[str]
     radius: float
     correct: bool
+    radius_lower: float = 0.0
 
 
 _TSV_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 _TRUE = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _rounding_floor(text: str) -> float:
+    """The smallest value that rounds to ``text``: minus half a unit in its last printed digit."""
+    exponent = decimal.Decimal(text).as_tuple().exponent
+    return max(0.0, float(decimal.Decimal(text) - decimal.Decimal(5).scaleb(int(exponent) - 1)))
 
 
 def read_legacy_tsv(path: PathLike) -> list[LegacyTSVRow]:
@@ -768,5 +844,5 @@ def read_legacy_tsv(path: PathLike) -> list[LegacyTSVRow]:
         if predicted.strip() == "-1":
             predicted = None
         rows.append(LegacyTSVRow(idx=idx, true_label=value["label"], predicted=predicted, radius=radius,
-                                 correct=_TRUE[correct_text]))
+                                 correct=_TRUE[correct_text], radius_lower=_rounding_floor(value["radius"].strip())))
     return rows

@@ -103,7 +103,9 @@ class QueryLog:
     def finish_call(self, run_id: str, status: str) -> None:
         raise NotImplementedError
 
-    def load_call(self, run_id: str) -> CallLog:
+    def load_call(self, run_id: str, with_raw: bool = True) -> CallLog:
+        """One call and its records. ``with_raw=False`` allows a store to leave ``raw`` None
+        (the SQLite store then skips reading the raw responses); re-certification never reads them."""
         raise NotImplementedError
 
     def run_ids(self) -> list[str]:
@@ -194,8 +196,7 @@ class MemoryQueryLog(QueryLog):
             self._status[run_id] = status
 
     def load_call(self, run_id: str, with_raw: bool = True) -> CallLog:
-        """One call and its records; ``with_raw=False`` leaves every ``raw`` None (faster: the
-        raw responses are most of a log, and re-certification does not read them)."""
+        # the records are in memory already: keeping raw costs nothing
         with self._lock:
             return CallLog(self._headers[run_id], tuple(self._records[run_id]), self._status[run_id])
 
@@ -451,7 +452,7 @@ class SQLiteQueryLog(QueryLog):
             ).fetchall()
             # per (call, phase): how many records, which indices, what they cost (index order, no sort)
             extents = self._conn.execute(
-                "SELECT call_id, phase, COUNT(*), MIN(sample_index), MAX(sample_index), "
+                "SELECT call_id, phase, COUNT(*), MIN(sample_index), MAX(sample_index), COUNT(DISTINCT sample_index), "
                 "SUM(1 - reused), TOTAL(cost_usd) FROM queries GROUP BY call_id, phase"
             ).fetchall()
             # per (call, phase, label) the successful answers; failed ones are votes against every class
@@ -464,11 +465,12 @@ class SQLiteQueryLog(QueryLog):
         for call_id, phase, label, count in votes:
             counted.setdefault((call_id, phase), {})[label] = count
         phases: dict[int, dict[str, PhaseVotes]] = {}
-        for call_id, phase, count, lowest, highest, paid, cost in extents:
-            if lowest != 0 or highest != count - 1:
-                # UNIQUE (call, phase, index) rules out duplicates, so a gap is a missing record
+        for call_id, phase, count, lowest, highest, distinct, paid, cost in extents:
+            if lowest != 0 or highest != count - 1 or distinct != count:
+                # (a file written elsewhere may lack the UNIQUE constraint: duplicates are checked too)
+                problem = "duplicate" if distinct != count else "missing"
                 raise LogIntegrityError(
-                    f"call {run_ids.get(call_id, call_id)}: missing record among {phase} samples 0..{highest}; "
+                    f"call {run_ids.get(call_id, call_id)}: {problem} record among {phase} samples 0..{highest}; "
                     "each sample index must appear exactly once"
                 )
             phase_votes = counted.get((call_id, phase), {})
