@@ -252,7 +252,10 @@ def _cmd_import_legacy(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
+    from .analysis.report import check_plot_path
 
+    if args.plot:
+        check_plot_path(args.plot)  # before the analysis, not after its table
     report = analyze(args.sources, labels=args.labels, truth=args.truth, radii=args.radii, by=args.by,
                      alpha=args.alpha)
     if args.format == "json":

@@ -16,7 +16,7 @@ from ..errors import InvalidParameterError, MissingDependencyError
 from .collect import CertifiedImage
 from .metrics import certified_accuracy_curve
 
-__all__ = ["GroupSummary", "AnalysisReport", "GROUP_FIELDS", "summarize_group"]
+__all__ = ["GroupSummary", "AnalysisReport", "GROUP_FIELDS", "summarize_group", "check_plot_path"]
 
 #: Fields rows can be grouped by (``by=``).
 GROUP_FIELDS = ("provider", "model_version", "denoiser", "noise_sd", "method", "settings", "alpha", "source")
@@ -296,6 +296,22 @@ class AnalysisReport:
             except ValueError as exc:  # e.g. an unknown file suffix
                 raise InvalidParameterError(f"cannot write the plot to {os.fspath(path)!r}: {exc}; use .png, .pdf or .svg") from None
         return figure
+
+
+def check_plot_path(path: Union[str, os.PathLike]) -> None:
+    """Refuse, before any work, a plot path matplotlib cannot write (or a missing matplotlib).
+
+    Raises:
+        MissingDependencyError: matplotlib is not installed.
+        InvalidParameterError: the suffix names no format matplotlib writes.
+    """
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise MissingDependencyError("plots need matplotlib: pip install 'robust-api[plot]'") from None
+    suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    if suffix not in FigureCanvasBase.get_supported_filetypes():
+        raise InvalidParameterError(f"cannot write the plot to {os.fspath(path)!r}: use .png, .pdf or .svg")
 
 
 def _blank(value: Any) -> Any:
