@@ -5,12 +5,11 @@ two cannot disagree.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import InvalidInputError, InvalidParameterError, LogMismatchError
-from .query_logs.records import CallLog, QueryRecord
+from .query_logs.records import CallLog, QueryRecord, count_votes
 from .results import ABSTAIN, Certificate, Prediction
 from .sequential import DEFAULT_FUTILITY_ALPHA, DEFAULT_GROWTH, DEFAULT_PRIOR, SequentialRule
 from .statistics import (
@@ -82,12 +81,6 @@ def _take(logs: CallLog, phase: str, requested: Optional[int], name: str) -> lis
     return records[:requested]
 
 
-def _votes(records: list[QueryRecord]) -> tuple[dict[str, int], int]:
-    counts = Counter(r.label for r in records if r.error is None and r.label is not None)
-    errors = sum(1 for r in records if r.error is not None or r.label is None)
-    return dict(counts.most_common()), errors
-
-
 def predict_from_log(
     logs: Any,
     N: Optional[int] = None,
@@ -121,7 +114,7 @@ def predict_from_log(
     records = _take(logs, phase, N, "N")
     if not records:
         raise LogMismatchError(f"call {logs.header.run_id} has no {phase} samples to predict from")
-    counts, errors = _votes(records)
+    counts, errors = count_votes(records)
     if noise_sd == 0:
         label = top_label(counts)
         ranked = sorted(counts.values(), reverse=True)
@@ -214,7 +207,7 @@ class CertifySettings:
 
 def guess_from_records(records: list[QueryRecord]) -> Optional[str]:
     """ĉ from selection records: the top label (deterministic tie-break); None if none answered."""
-    counts, _ = _votes(records)
+    counts, _ = count_votes(records)
     return top_label(counts)
 
 
@@ -286,7 +279,7 @@ def certify_from_log(
     estimation_all = logs.phase_records("estimation")
     if not selection:
         raise LogMismatchError(f"call {logs.header.run_id} holds no selection sample (the call was interrupted early?)")
-    selection_counts, _ = _votes(selection)
+    selection_counts, _ = count_votes(selection)
     guess = top_label(selection_counts)
     common = dict(
         selection_counts=selection_counts, guess=guess, noise_sd=sigma, alpha=alpha, n0=len(selection),
@@ -307,7 +300,7 @@ def certify_from_log(
                                target_radius=rule.radius, budget=budget, ceiling=rule.ceiling, **common)
         outcome = rule.replay([r.error is None and r.label == guess for r in estimation_all[:budget]])
         used = estimation_all[: outcome.n]
-        counts, errors = _votes(used)
+        counts, errors = count_votes(used)
         return Certificate(
             label=guess if outcome.certified else ABSTAIN, radius=outcome.radius, p_lower=outcome.p_lower,
             counts=counts, n=outcome.n, errors=errors, stop_reason=outcome.stop_reason, target_radius=rule.radius,
@@ -317,7 +310,7 @@ def certify_from_log(
         return Certificate(label=ABSTAIN, radius=0.0, p_lower=0.0, counts={}, n=0, errors=0, stop_reason="no_guess",
                            budget=N, ceiling=0.0, **common)
     estimation = _take(logs, "estimation", N, "N")
-    counts, errors = _votes(estimation)
+    counts, errors = count_votes(estimation)
     outcome = fixed_n_outcome(method, selection_counts, counts, len(estimation), sigma, alpha, logs.header.run_id)
     return Certificate(
         label=ABSTAIN if outcome.label is None else outcome.label, radius=outcome.radius, p_lower=outcome.p_lower,

@@ -118,12 +118,11 @@ def _row_from_summary(summary: CallSummary, source: str, alpha: Optional[float],
     method = params.get("method", "cohen")
     clean, selection, estimation = (summary.phase(name) for name in ("clean", "selection", "estimation"))
     selection_is_clean = clean.samples > 0 and selection.samples == 0
-    paid = sum(p.paid for p in summary.phases.values())
-    cost = sum(p.cost_usd for p in summary.phases.values())
     common = dict(
         source=source, run_id=header.run_id, image=header.image_digest, provider=header.provider,
         model_version=header.model_version, denoiser=header.denoiser_id or "none", noise_sd=float(header.noise_sd),
-        method=method, settings=_settings_text(params, selection_is_clean), queries=paid, cost_usd=cost,
+        method=method, settings=_settings_text(params, selection_is_clean), queries=summary.paid,
+        cost_usd=summary.cost_usd,
     )
     if method not in ("cohen", "top2") or (selection_is_clean and clean.samples != 1):
         # the sequential rule replays the records in order (counts are not enough); any other
@@ -253,20 +252,18 @@ def collect(sources: Iterable[Source], alpha: Optional[float] = None) -> Collect
             skipped["duplicate"] += 1
             return
         seen_runs.add(header.run_id)
-        paid = sum(p.paid for p in summary.phases.values())
-        cost = sum(p.cost_usd for p in summary.phases.values())
         clean = summary.phase("clean")
         if clean.samples:
             clean_votes.setdefault((header.image_digest, header.provider, header.model_version), Counter()).update(
                 clean.votes)
         if header.kind != "certify":
-            spent["predict_queries"] += paid
-            spent["predict_cost_usd"] += cost
+            spent["predict_queries"] += summary.paid
+            spent["predict_cost_usd"] += summary.cost_usd
             return
         if summary.status != "complete":
             skipped["incomplete"] += 1
-            spent["incomplete_queries"] += paid
-            spent["incomplete_cost_usd"] += cost
+            spent["incomplete_queries"] += summary.paid
+            spent["incomplete_cost_usd"] += summary.cost_usd
             return
         row = _row_from_summary(summary, name, alpha, load)
         order += 1

@@ -34,11 +34,7 @@ def certified_accuracy(labels: Sequence[Any], radii: Sequence[float], truths: Se
         {r: accuracy in [0, 1]}. At r = 0 this is the accuracy of the smoothed classifier's
         non-abstained, correct answers.
     """
-    correct = _correct(labels, truths)
-    radii = np.asarray(radii, dtype=float)
-    if len(correct) == 0:
-        raise ValueError("no images")
-    return {float(r): float(np.mean(correct & (radii >= r))) for r in at}
+    return {float(r): float(value) for r, value in zip(at, certified_accuracy_curve(labels, radii, truths, at))}
 
 
 def average_certified_radius(labels: Sequence[Any], radii: Sequence[float], truths: Sequence[Any]) -> float:

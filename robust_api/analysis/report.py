@@ -18,6 +18,8 @@ from .metrics import certified_accuracy_curve
 
 __all__ = ["GroupSummary", "AnalysisReport", "GROUP_FIELDS", "summarize_group", "check_plot_path"]
 
+_NO_MATPLOTLIB = "plots need matplotlib: pip install 'robust-api[plot]'"
+
 #: Fields rows can be grouped by (``by=``).
 GROUP_FIELDS = ("provider", "model_version", "denoiser", "noise_sd", "method", "settings", "alpha", "source")
 
@@ -267,12 +269,12 @@ class AnalysisReport:
         Raises:
             MissingDependencyError: matplotlib is not installed (``pip install 'robust-api[plot]'``).
         """
+        if path is not None:
+            check_plot_path(path)  # also checks that matplotlib is installed
         try:
             from matplotlib.figure import Figure
         except ImportError:
-            raise MissingDependencyError(
-                "plots need matplotlib: pip install 'robust-api[plot]'"
-            ) from None
+            raise MissingDependencyError(_NO_MATPLOTLIB) from None
         if ax is None:
             # the legend goes under the axes: group names are long (provider, denoiser, σ, method ...)
             figure = Figure(figsize=(6.4, 3.8 + 0.2 * len(self.groups)), dpi=100)
@@ -291,10 +293,7 @@ class AnalysisReport:
         if self.groups:
             ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
         if path is not None:
-            try:
-                figure.savefig(path, bbox_inches="tight")
-            except ValueError as exc:  # e.g. an unknown file suffix
-                raise InvalidParameterError(f"cannot write the plot to {os.fspath(path)!r}: {exc}; use .png, .pdf or .svg") from None
+            figure.savefig(path, bbox_inches="tight")
         return figure
 
 
@@ -308,7 +307,7 @@ def check_plot_path(path: Union[str, os.PathLike]) -> None:
     try:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
-        raise MissingDependencyError("plots need matplotlib: pip install 'robust-api[plot]'") from None
+        raise MissingDependencyError(_NO_MATPLOTLIB) from None
     suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
     if suffix not in FigureCanvasBase.get_supported_filetypes():
         raise InvalidParameterError(f"cannot write the plot to {os.fspath(path)!r}: use .png, .pdf or .svg")

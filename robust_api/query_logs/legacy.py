@@ -256,6 +256,13 @@ _OBJECT_OPCODES = frozenset({
 })
 
 
+def _unreadable(path: Path, exc: Exception) -> NotAQueryLogError:
+    return NotAQueryLogError(
+        f"{path} is not a readable predecessor pickle ({type(exc).__name__}: {exc}); the importer reads the "
+        "pred_hist_<i>.pkl files written by microsoft/denoised-smoothing's vision_api"
+    )
+
+
 def _refuse_object_opcodes(blob: bytes, path: Path) -> None:
     """Scan the opcodes (nothing is built or called): refuse an unreadable stream, and one using
     an opcode plain data never needs."""
@@ -265,10 +272,7 @@ def _refuse_object_opcodes(blob: bytes, path: Path) -> None:
             if opcode.name in _OBJECT_OPCODES and forbidden is None:
                 forbidden = (opcode.name, position)
     except Exception as exc:  # truncated, garbled, or not a pickle at all
-        raise NotAQueryLogError(
-            f"{path} is not a readable predecessor pickle ({type(exc).__name__}: {exc}); the importer reads the "
-            "pred_hist_<i>.pkl files written by microsoft/denoised-smoothing's vision_api"
-        ) from None
+        raise _unreadable(path, exc) from None
     if forbidden is not None:
         raise UnsafePickleError(
             f"{path}: refused to load the pickle: it uses the opcode {forbidden[0]} at byte {forbidden[1]}, which "
@@ -325,10 +329,7 @@ def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes]:
     except MemoryError:
         raise NotAQueryLogError(f"{path}: not a predecessor query log: the pickle does not fit in memory") from None
     except Exception as exc:  # pickle.UnpicklingError, EOFError, ValueError, TypeError, UnicodeDecodeError ...
-        raise NotAQueryLogError(
-            f"{path} is not a readable predecessor pickle ({type(exc).__name__}: {exc}); the importer reads the "
-            "pred_hist_<i>.pkl files written by microsoft/denoised-smoothing's vision_api"
-        ) from None
+        raise _unreadable(path, exc) from None
     data = _PlainData(os.fspath(path), max(_MIN_NODE_CAP, 2 * len(blob))).copy(loaded)
     if not isinstance(data, dict):
         raise NotAQueryLogError(
@@ -599,7 +600,7 @@ class _ImportReport:
     where: Optional[str]
 
 
-def _write(target: QueryLog, calls: Sequence[CallLog], settings: _Settings) -> tuple[int, int]:
+def _write(target: QueryLog, calls: Sequence[CallLog]) -> tuple[int, int]:
     present = set(target.run_ids())
     added = skipped = 0
     for call in calls:
@@ -648,7 +649,7 @@ def _import_legacy(source, api, noise_sd, *, N0=20, alpha=0.001, denoiser=None, 
 
     if out is None or isinstance(out, QueryLog):
         target = MemoryQueryLog() if out is None else out
-        added, skipped = _write(target, calls, settings)
+        added, skipped = _write(target, calls)
         return _ImportReport(target, len(files), added, skipped, None if out is None else _where(target))
     if not isinstance(out, (str, os.PathLike)):
         raise InvalidParameterError(
@@ -660,7 +661,7 @@ def _import_legacy(source, api, noise_sd, *, N0=20, alpha=0.001, denoiser=None, 
         path = Path(text)
         reader, writer = (import_jsonl, export_jsonl) if suffix == ".jsonl" else (import_parquet, export_parquet)
         target = reader(path) if path.exists() else MemoryQueryLog()
-        added, skipped = _write(target, calls, settings)
+        added, skipped = _write(target, calls)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         try:
@@ -672,7 +673,7 @@ def _import_legacy(source, api, noise_sd, *, N0=20, alpha=0.001, denoiser=None, 
         return _ImportReport(target, len(files), added, skipped, os.fspath(path))
     target = open_store(text)
     try:
-        added, skipped = _write(target, calls, settings)
+        added, skipped = _write(target, calls)
     except BaseException:
         target.close()
         raise

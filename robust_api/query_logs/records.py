@@ -13,7 +13,10 @@ import numpy as np
 
 from ..errors import LogIntegrityError, ProviderResponseError
 
-__all__ = ["FORMAT_VERSION", "QueryRecord", "CallHeader", "CallLog", "PhaseVotes", "CallSummary", "summarize_call", "dumps_raw"]
+__all__ = [
+    "FORMAT_VERSION", "QueryRecord", "CallHeader", "CallLog", "PhaseVotes", "CallSummary", "count_votes",
+    "summarize_call", "dumps_raw",
+]
 
 #: Version of the record format, stored in every log and export.
 FORMAT_VERSION = 1
@@ -200,6 +203,26 @@ class CallSummary:
         """The votes of phase ``name`` (empty when the call has none)."""
         return self.phases.get(name) or PhaseVotes({}, 0, 0, 0, 0.0)
 
+    @property
+    def paid(self) -> int:
+        """Queries of the call that were sent and paid for, all phases."""
+        return sum(votes.paid for votes in self.phases.values())
+
+    @property
+    def cost_usd(self) -> float:
+        """What the call's queries cost, all phases."""
+        return sum(votes.cost_usd for votes in self.phases.values())
+
+
+def count_votes(records: Sequence[QueryRecord]) -> tuple[dict[str, int], int]:
+    """The votes of some records: (label → successful answers, most first; failed samples).
+
+    A sample failed when its query has an ``error`` or no label; it is no vote for any class,
+    and certification counts it against the guessed one.
+    """
+    votes = Counter(r.label for r in records if r.error is None and r.label is not None)
+    return dict(votes.most_common()), len(records) - sum(votes.values())
+
 
 def summarize_call(call: CallLog) -> CallSummary:
     """Count the votes of every phase of ``call`` (checks each sample index appears exactly once).
@@ -210,10 +233,10 @@ def summarize_call(call: CallLog) -> CallSummary:
     phases = {}
     for name in sorted({r.phase for r in call.records}):
         records = call.phase_records(name)
-        votes = Counter(r.label for r in records if r.error is None and r.label is not None)
+        votes, errors = count_votes(records)
         phases[name] = PhaseVotes(
-            votes=dict(votes),
-            errors=len(records) - sum(votes.values()),
+            votes=votes,
+            errors=errors,
             samples=len(records),
             paid=sum(1 for r in records if not r.reused),
             cost_usd=float(sum(r.cost_usd for r in records)),
