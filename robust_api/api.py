@@ -7,6 +7,7 @@ Offline path: the same statistics on a recorded :class:`~robust_api.query_logs.C
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -14,6 +15,7 @@ import secrets
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, Optional, Union
@@ -24,21 +26,26 @@ from .dispatch import Budget, Dispatcher, RateLimiter, RetryPolicy, Spending, sh
 from .errors import (
     BudgetExceededError,
     DenoiserError,
+    ImageTooLargeError,
     InvalidParameterError,
     OfflineModeError,
     ProviderError,
     ProviderResponseError,
     RobustAPIError,
 )
-from .images import as_image, image_digest
+from .images import DEFAULT_MAX_PIXELS, as_image, image_digest
+from .memory import MemoryPool, activation_bytes_for, check_memory_limit, minimum_bytes, plan_blocks
 from .noise import NoiseSampler
 from .offline import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, CertifySettings, certify_from_log, guess_from_records, predict_from_log
-from .providers.base import Provider, create_provider
+from .providers.base import Provider, create_provider, provider_factory
 from .providers.callable import CallableProvider
 from .query_logs.records import CallHeader, CallLog, QueryRecord
 from .query_logs.store import QueryLog, open_store
 from .results import Certificate, Prediction
-from .validation import check_alpha, check_noise_sd, check_sample_count, check_seed
+from .validation import (
+    MAX_ATTEMPTS, MAX_BACKOFF_S, MAX_BATCH_SIZE, MAX_CONCURRENCY, MAX_SAMPLES, MAX_SEED, MAX_TOTAL_QUERIES,
+    _is_integer, check_alpha, check_count, check_flag, check_noise_sd, check_rate_limit, check_sample_count, check_seed,
+)
 
 __all__ = ["RobustAPI", "DEFAULT_N0", "DEFAULT_N", "DEFAULT_ALPHA"]
 
@@ -56,18 +63,6 @@ def _contiguous_runs(indices: Sequence[int], max_len: int) -> Iterator[tuple[int
             stop += 1
             position += 1
         yield start, stop
-
-
-#: Host memory for one block of noisy copies on their way through the denoiser.
-DENOISE_BLOCK_BYTES = 256 << 20
-MAX_DENOISE_BLOCK = 4096
-
-
-def _denoise_block_size(image_shape: tuple) -> int:
-    """Noisy copies generated and denoised together: as many float32 images as fit
-    ``DENOISE_BLOCK_BYTES``, between 1 and ``MAX_DENOISE_BLOCK``."""
-    per_image = 4 * int(np.prod(image_shape))
-    return int(min(MAX_DENOISE_BLOCK, max(1, DENOISE_BLOCK_BYTES // per_image)))
 
 
 class _CallableDenoiser:
@@ -111,6 +106,58 @@ def _make_denoiser(denoiser: Any, device: Any):
     )
 
 
+def _check_class_names(class_names: Any) -> None:
+    if class_names is None:
+        return
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence) or not class_names \
+            or not all(isinstance(name, str) and name for name in class_names):
+        raise InvalidParameterError(
+            "class_names must be a non-empty list of label strings (one per model output, e.g. "
+            f"[str(i) for i in range(10)]), got {class_names!r:.100}"
+        )
+
+
+def _accepted_options(factory: Any) -> Optional[set]:
+    """The keyword options a provider factory takes (following ``**kwargs`` up a class's
+    ``__init__`` chain), or None when it takes any (a function with ``**kwargs``)."""
+    if isinstance(factory, type):
+        functions = [vars(cls)["__init__"] for cls in factory.__mro__ if cls is not object and "__init__" in vars(cls)]
+    else:
+        functions = [factory]
+    names: set = set()
+    for function in functions:
+        try:
+            parameters = list(inspect.signature(function).parameters.values())
+        except (TypeError, ValueError):
+            return None
+        names.update(p.name for p in parameters
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self")
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return None  # every __init__ passes **kwargs on: anything may be taken
+
+
+def _refuse_options(what: str, names: Sequence[str], hint: str) -> None:
+    if names:
+        raise InvalidParameterError(
+            f"{what} does not take {', '.join(f'{name}=' for name in names)}; {hint}"
+        )
+
+
+def _checked_provider(provider: Provider) -> Provider:
+    """The provider, once the settings RobustAPI reads from it are in range (a third-party
+    Provider with max_batch_size=0 would otherwise fail, or hang, in the middle of a call)."""
+    name = f"{type(provider).__name__}"
+    check_count(provider.max_batch_size, f"{name}.max_batch_size", 2**31)
+    check_count(provider.default_concurrency, f"{name}.default_concurrency", MAX_CONCURRENCY)
+    if provider.default_rate_limit is not None:
+        try:
+            check_rate_limit(provider.default_rate_limit)
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"{name}.default_rate_limit: {exc}") from None
+    return provider
+
+
 class RobustAPI:
     """Certified-robust predictions from an image classifier, API or function (denoised smoothing).
 
@@ -127,38 +174,66 @@ class RobustAPI:
             e.g. ``"fashion-mnist-dncnn-0.25"``) or a path to a denoiser file (see
             :func:`robust_api.load_denoiser`); a ``torch.nn.Module`` mapping [B, C, H, W] in
             [0, 1] to the same; or a callable on float32 [B, H, W, C] arrays.
-        online: False for offline mode: only re-analysis of logs, nothing is ever sent and
-            no provider is built (the provider name is then informational).
+        online: True or False (a bool: ``"no"`` or 0 is refused, not read as a truth value).
+            False is offline mode: only re-analysis of logs, nothing is ever sent and no
+            provider is built (the provider name is then informational).
         log: where the query log goes: None → ``./query_logs/queries.sqlite3``; a folder; an
             SQLite file; a :class:`~robust_api.query_logs.QueryLog`; or False (memory only).
         seed: None draws a fresh seed per call (recorded in the log); an integer in
             [0, 2⁶³) makes the noisy copies of an image reproducible, and a repeated call
             with the same image, seed and log reuses the logged answers at no cost.
-        device: torch device for the local model and denoiser (default CUDA if available).
+        device: torch device for the local model and denoiser (default CUDA if available);
+            checked when given, even if nothing runs on it.
         model, class_names: for ``"local"``: the classifier (module or checkpoint path;
-            None = bundled Fashion-MNIST CNN) and its label names.
-        label_fn: for a callable provider: raw response → str label.
-        batch_size: images per provider request (default: the provider's maximum).
-        concurrency: requests in flight at most (default: the provider's — 16 for the cloud
-            providers, 1 for local models and callables); 1 sends one request at a time in
-            the calling thread, as the predecessor did.
-        rate_limit: requests per second at most (default: the provider's documented quota,
-            see the README; ``math.inf`` for none). Shared by every RobustAPI of this
+            None = bundled Fashion-MNIST CNN) and its label names (a non-empty list of str).
+            Refused with a callable or a Provider object, which name their own labels.
+        label_fn: for a callable provider or a cloud provider: raw response (cloud: the
+            normalized ``[(name, score), ...]``) → str label.
+        batch_size: images per provider request, in [1, 65536] (default: the provider's maximum).
+        concurrency: requests in flight at most, in [1, 1024] (default: the provider's — 16
+            for the cloud providers, 1 for local models and callables); 1 sends one request
+            at a time in the calling thread, as the predecessor did.
+        rate_limit: requests per second at most, ≥ 0.001 (default: the provider's documented
+            quota, see the README; ``math.inf`` for none). Shared by every RobustAPI of this
             process that talks to the same provider.
-        retry: a :class:`~robust_api.dispatch.RetryPolicy` or a number of attempts per query
-            (default 6). Throttling, 5xx, timeouts, dropped connections and malformed bodies
+        retry: a :class:`~robust_api.dispatch.RetryPolicy` (its waits ≤ 3600 s) or a number of
+            attempts per query in [1, 100] (default 6). Throttling, 5xx, timeouts, dropped connections and malformed bodies
             are retried with exponential backoff and jitter, honouring Retry-After; a query
             that still fails is recorded as an error and counts as a vote against the top
             class (``Certificate.errors`` says how many).
         max_queries, max_cost_usd: hard caps on what this object ever sends (retries
-            included) and its list price. A fixed-N call that would cross one is refused
+            included; an integer ≥ 0) and its list price (a finite number ≥ 0). A fixed-N call that would cross one is refused
             before its first query; a sequential call stops early ("ended"); no cap is
             crossed, however many requests are in flight.
         progress: a tqdm progress bar on stderr: True, False, or None (only for calls of
             ≥ 500 queries on an interactive terminal).
+        memory_limit_mb: host memory, in MB (default 1024, at least 16), for the noise path
+            of the calls in progress: the float64 noise slab, the float32 noisy and denoised
+            copies of a block, the copies held by requests in flight, and (on the CPU) a torch
+            denoiser's activations, which get a quarter of it (an image too large for that is
+            denoised in overlapping tiles). Blocks, request sizes and requests in flight
+            shrink to fit; ``certify_many``'s images share it. An image whose copies cannot
+            fit even one at a time raises ImageTooLargeError before any query. The clean
+            image, the provider's own memory (a local model's activations) are not counted.
+        max_pixels: the most pixels (height × width) an image may have; default: the
+            provider's input limit (``Provider.max_input_pixels``: 50 megapixels for local
+            models and callables, what the service accepts for cloud providers without
+            ``resize="fit"``). Checked from a file's header before its pixels are decoded.
+        downscale: False (default): an image above ``max_pixels`` raises ImageTooLargeError
+            before any query or log write. True: it is box-filtered to fit ``max_pixels``
+            first, and the *smaller* image is what gets certified: its digest and shape are
+            what the log records, and the radius is in its pixel space. (Unlike a cloud
+            provider's ``resize="fit"``, which scales each noisy query image after the noise
+            and keeps the certificate about the original image.)
         **provider_options: passed to the registered provider's constructor (for the cloud
             providers: ``endpoint=``, ``timeout_s=``, ``resize=``, credentials ...; see
-            the README's provider sections).
+            the README's provider sections), or to ``CallableProvider`` for a callable
+            (``name=``, ``cost_per_query_usd=`` ...). An option the provider does not take
+            raises InvalidParameterError naming it (never silently ignored).
+
+    Raises:
+        InvalidParameterError: any argument of the wrong type or out of its range (the
+            message names it and the range), before any provider, thread or log file exists.
     """
 
     def __init__(
@@ -180,22 +255,48 @@ class RobustAPI:
         max_queries: Optional[int] = None,
         max_cost_usd: Optional[float] = None,
         progress: Optional[bool] = None,
+        memory_limit_mb: Optional[float] = None,
+        max_pixels: Optional[int] = None,
+        downscale: bool = False,
         **provider_options: Any,
     ):
+        # every argument is checked here, before a provider, a log file or a thread exists
+        online = check_flag(online, "online")
         if batch_size is not None:
-            batch_size = check_sample_count(batch_size, "batch_size")
+            batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE)
         if concurrency is not None:
-            concurrency = check_sample_count(concurrency, "concurrency")
-        if rate_limit is not None and not (isinstance(rate_limit, (int, float)) and not isinstance(rate_limit, bool)
-                                           and rate_limit > 0):
-            raise InvalidParameterError(
-                f"rate_limit must be a positive number of requests per second (math.inf for none), got {rate_limit!r}"
-            )
+            concurrency = check_count(concurrency, "concurrency", MAX_CONCURRENCY, why=" (one thread per request in flight)")
+        if rate_limit is not None:
+            rate_limit = check_rate_limit(rate_limit)
         if progress is not None and not isinstance(progress, bool):
             raise InvalidParameterError(f"progress must be True, False or None, got {progress!r}")
+        if _is_integer(retry):
+            retry = check_count(retry, "retry", MAX_ATTEMPTS, why=" attempts per query")
+        if max_queries is not None and _is_integer(max_queries):
+            max_queries = check_count(max_queries, "max_queries", MAX_SEED, minimum=0)
+        _check_class_names(class_names)
+        self.memory_limit = check_memory_limit(memory_limit_mb)
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer))
+                                       or max_pixels < 1):
+            raise InvalidParameterError(f"max_pixels must be a positive integer (height × width), got {max_pixels!r}")
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
+        if not isinstance(downscale, bool):
+            raise InvalidParameterError(f"downscale must be True or False, got {downscale!r}")
+        self.downscale = downscale
         self.retry = RetryPolicy.coerce(retry)
+        if self.retry.max_attempts > MAX_ATTEMPTS:
+            raise InvalidParameterError(
+                f"retry allows at most {MAX_ATTEMPTS} attempts per query, got a RetryPolicy with "
+                f"max_attempts={self.retry.max_attempts}"
+            )
+        for field in ("initial_backoff_s", "max_backoff_s", "max_retry_after_s"):
+            if getattr(self.retry, field) > MAX_BACKOFF_S:
+                raise InvalidParameterError(
+                    f"RetryPolicy.{field} must be <= {MAX_BACKOFF_S:g} seconds (one wait between two attempts), "
+                    f"got {getattr(self.retry, field)!r}"
+                )
         self.budget = Budget(max_queries, max_cost_usd)
-        self.online = bool(online)
+        self.online = online
         self.seed = None if seed is None else check_seed(seed)
         self.provider_name = provider if isinstance(provider, str) else getattr(provider, "identity", None)
         self.provider: Optional[Provider] = None
@@ -208,9 +309,20 @@ class RobustAPI:
             if isinstance(log, QueryLog):
                 self.log = log
             return
+        if device is not None:  # checked even when nothing here runs on it (a callable without a denoiser)
+            from .torch_utils import resolve_device
+
+            resolve_device(device)
         self.provider = self._make_provider(provider, model, class_names, label_fn, batch_size, device, provider_options)
         self.denoiser = _make_denoiser(denoiser, device)
         self._denoise_lock = threading.Lock()
+        noise_budget = self.memory_limit
+        if getattr(self.denoiser, "device", None) is not None and self.denoiser.device.type == "cpu" \
+                and hasattr(self.denoiser, "activation_bytes"):
+            # one denoiser batch runs at a time (the lock above): its activations get one share
+            self.denoiser.activation_bytes = activation_bytes_for(self.memory_limit)
+            noise_budget -= self.denoiser.activation_bytes
+        self.memory = MemoryPool(noise_budget)
         rate = self.provider.default_rate_limit if rate_limit is None else rate_limit
         limiter = None if rate is None or math.isinf(rate) else shared_rate_limiter(self.provider.identity, rate)
         self.dispatcher = Dispatcher(
@@ -225,20 +337,34 @@ class RobustAPI:
 
     @staticmethod
     def _make_provider(provider, model, class_names, label_fn, batch_size, device, options) -> Provider:
+        # an option the provider does not take is refused (by name), never silently dropped
         if isinstance(provider, Provider):
-            return provider
+            given = {"model": model, "class_names": class_names, "label_fn": label_fn, **options}
+            _refuse_options(f"a Provider object ({type(provider).__name__})", sorted(k for k, v in given.items() if v is not None),
+                            "configure the Provider object itself")
+            return _checked_provider(provider)
         if isinstance(provider, str):
             # device and batch_size are this object's own settings too (the denoiser's device, the
             # request size); only the local model also takes them
-            extra = {"model": model, "class_names": class_names}
+            extra = {"model": model, "class_names": class_names, "label_fn": label_fn}
             if provider == "local":
                 extra.update(device=device, batch_size=batch_size)
             elif provider == "http":  # a JSON model server batches as many images as it is told
                 extra.update(batch_size=batch_size)
             options = {**{k: v for k, v in extra.items() if v is not None}, **options}
-            return create_provider(provider, **options)
+            accepted = _accepted_options(provider_factory(provider))
+            if accepted is not None:
+                _refuse_options(f"provider {provider!r}", sorted(set(options) - accepted),
+                                f"it takes {', '.join(sorted(accepted)) or 'no options'}")
+            return _checked_provider(create_provider(provider, **options))
         if callable(provider):
-            return CallableProvider(provider, label_fn=label_fn, batch_size=batch_size or 256, **options)
+            _refuse_options("a callable provider", [k for k, v in (("model", model), ("class_names", class_names))
+                                                    if v is not None],
+                            "the callable itself is the classifier and names its labels")
+            accepted = _accepted_options(CallableProvider)
+            _refuse_options("a callable provider", sorted(set(options) - accepted - {"fn", "label_fn", "batch_size"}),
+                            f"it takes {', '.join(sorted(accepted - {'fn'}))}")
+            return _checked_provider(CallableProvider(provider, label_fn=label_fn, batch_size=batch_size or 256, **options))
         raise InvalidParameterError(
             f"provider must be a registered name, a Provider or a callable, got {type(provider).__name__}"
         )
@@ -436,8 +562,8 @@ class RobustAPI:
             images: a sequence of images (see :meth:`predict`), all checked before any query.
             noise_sd: σ > 0. alpha: α in (0, 1), per image.
             total_queries: the most queries (selection included) spent on all images together.
-            N: the most estimation queries for one image (default: twice the fair share,
-                ⌈2·total_queries / len(images)⌉).
+            N: the most estimation queries for one image, ≤ 10⁷ (default: twice the fair
+                share, ⌈2·total_queries / len(images)⌉, at most 10⁷).
             seed, selection, N0, radius, tolerance: as in :meth:`certify` with
                 ``method="sequential"``.
 
@@ -456,8 +582,8 @@ class RobustAPI:
             raise InvalidParameterError(
                 "images must be a non-empty list of images (for a NumPy stack of images pass list(stack))"
             )
-        total_queries = check_sample_count(total_queries, "total_queries")
-        cap = max(1, math.ceil(2 * total_queries / len(images))) if N is None else N
+        total_queries = check_count(total_queries, "total_queries", MAX_TOTAL_QUERIES)
+        cap = min(MAX_SAMPLES, max(1, math.ceil(2 * total_queries / len(images)))) if N is None else N
         settings = CertifySettings.online(noise_sd, N0, cap, alpha, "sequential", selection, radius, tolerance)
         rule = settings.rule()
         first_look = rule.looks()[0]
@@ -547,7 +673,7 @@ class RobustAPI:
                 "images must be a non-empty list of images (for a NumPy stack of images pass list(stack))"
             )
         if parallel is not None:
-            parallel = check_sample_count(parallel, "parallel")
+            parallel = check_count(parallel, "parallel", MAX_CONCURRENCY, why=" (one thread per image in progress)")
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
         canonical = [self._check_image(image, settings.noise_sd) for image in images]
@@ -609,10 +735,59 @@ class RobustAPI:
 
     # -- the online path -----------------------------------------------------------------
     def _check_image(self, image: Any, noise_sd: float) -> np.ndarray:
-        canonical = as_image(image)
+        """The canonical image (float32 [H, W, C] in [0, 1]; downscaled when asked), checked
+        against the pixel limit, the provider, the denoiser and the memory budget; raises a
+        typed error before any query or log write."""
+        canonical = as_image(image, max_pixels=self.pixel_limit, downscale=self.downscale)
         self.provider.check_image(canonical)
         self._check_denoiser_fits(canonical, noise_sd)
+        self._check_memory(canonical)
         return canonical
+
+    @property
+    def pixel_limit(self) -> int:
+        """The most pixels (H × W) an image may have: ``max_pixels``, else the provider's limit."""
+        if self.max_pixels is not None:
+            return self.max_pixels
+        limit = getattr(self.provider, "max_input_pixels", DEFAULT_MAX_PIXELS)
+        return DEFAULT_MAX_PIXELS if limit is None else int(limit)
+
+    def _block_planner(self, image_shape: tuple, samples: int):
+        """(planner(available bytes) -> BlockPlan or None, describe() -> error message) for
+        the noisy copies of an image of ``image_shape`` (see :func:`robust_api.memory.plan_blocks`)."""
+        copy_bytes = 4 * int(np.prod(image_shape))
+        batch = min(self.batch_size or self.provider.max_batch_size, self.provider.max_batch_size)
+        concurrency = self.dispatcher.concurrency
+        copies = 0
+        if self.denoiser is not None:
+            copies = 2 if hasattr(self.denoiser, "activation_bytes") else 3
+        scratch = float(getattr(self.provider, "request_scratch_copies", 0.0))
+
+        def planner(available: int):
+            return plan_blocks(copy_bytes, samples, batch, concurrency, available, copies, scratch)
+
+        def describe() -> str:
+            need = minimum_bytes(copy_bytes, self.memory.budget, copies, scratch)
+            shape = "×".join(map(str, image_shape))
+            return (
+                f"a {shape} image takes {copy_bytes / 2**20:,.1f} MB per float32 noisy copy; its noise path needs "
+                f"at least {need / 2**20:,.0f} MB, but memory_limit_mb={self.memory_limit / 2**20:g} leaves "
+                f"{self.memory.budget / 2**20:,.0f} MB for it. Raise memory_limit_mb=, or pass downscale=True "
+                "with a smaller max_pixels= (the certificate is then for the smaller image)"
+            )
+
+        return planner, describe
+
+    def _check_memory(self, image: np.ndarray) -> None:
+        planner, describe = self._block_planner(image.shape, 1)
+        if planner(self.memory.budget) is None:
+            raise ImageTooLargeError(describe())
+        tile_size = getattr(self.denoiser, "tile_size", None)
+        if tile_size is not None:
+            try:
+                tile_size(image.shape)
+            except DenoiserError as exc:
+                raise ImageTooLargeError(str(exc)) from None
 
     def _open_call(self, image, kind, noise_sd, seed, params, checked: bool = False, hold=None) -> "_Call":
         canonical = image if checked else self._check_image(image, noise_sd)
@@ -653,44 +828,44 @@ class RobustAPI:
 
     def _run_phase(self, header: CallHeader, image: np.ndarray, phase: str, start: int, stop: int,
                    hold=None) -> list[QueryRecord]:
-        """Query samples [start, stop) of a phase; return their records in index order."""
-        reusable = {i: r for i, r in self.log.find_reusable(header, phase, stop).items() if i >= start}
+        """Query samples [start, stop) of a phase; return their records in index order.
+
+        One payer: the source lock of (image, seed, σ, provider, model, denoiser; phase) is held
+        from the search for reusable answers until the last missing answer is committed, so a
+        concurrent call on the same source (another thread, or another process writing this
+        log) waits, then reuses these answers instead of paying for them again. A call holds
+        one source lock at a time (no deadlock); see :mod:`robust_api.query_logs.locks`.
+        """
         records: dict[int, QueryRecord] = {}
-        if reusable:
-            copies = [replace(reusable[i], reused=True, cost_usd=0.0) for i in sorted(reusable)]
-            self.log.append(header.run_id, copies)
-            records.update((r.sample_index, r) for r in copies)
-            logger.info("%s: reused %d logged %s answers", header.run_id, len(reusable), phase)
-        missing = [i for i in range(start, stop) if i not in reusable]
-        if missing:
-            batches = self._batches(header, image, phase, missing)
+        with self.log.source_lock(header, phase):
+            # searched under the lock: what another payer committed meanwhile is reused, not re-bought
+            reusable = {i: r for i, r in self.log.find_reusable(header, phase, stop).items() if i >= start}
+            if reusable:
+                copies = [replace(reusable[i], reused=True, cost_usd=0.0) for i in sorted(reusable)]
+                self.log.append(header.run_id, copies)
+                records.update((r.sample_index, r) for r in copies)
+                logger.info("%s: reused %d logged %s answers", header.run_id, len(reusable), phase)
+            missing = [i for i in range(start, stop) if i not in reusable]
+            if missing:
+                batches = self._batches(header, image, phase, missing)
 
-            def record(batch_records: Sequence[QueryRecord]) -> None:
-                self._append(header, batch_records)
-                records.update((r.sample_index, r) for r in batch_records)
+                def record(batch_records: Sequence[QueryRecord]) -> None:
+                    self._append(header, batch_records)
+                    records.update((r.sample_index, r) for r in batch_records)
 
-            self.dispatcher.run(phase, batches, len(missing), record, hold)
+                self.dispatcher.run(phase, batches, len(missing), record, hold)
         return [records[i] for i in range(start, stop)]
 
-    def _batches(self, header: CallHeader, image: np.ndarray, phase: str, missing: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    def _batches(self, header: CallHeader, image: np.ndarray, phase: str, missing: Sequence[int]) -> "_NoisyBatches":
         """(first sample index, images [B, H, W, C]) per provider request, generated lazily.
 
-        Noise is generated and denoised a block at a time (bounded host memory), and each
-        block is cut into provider-sized requests: a one-image-per-request API still gets a
-        batched denoiser. Clean queries send the image as it is: a denoiser is for noisy
-        copies (and the provider's label on the clean image is the predecessor's reference).
+        Noise is generated and denoised a block at a time, and each block is cut into
+        provider-sized requests: a one-image-per-request API still gets a batched denoiser.
+        Block size, request size and requests in flight follow the memory budget (see
+        :class:`_NoisyBatches`). Clean queries send the image as it is: a denoiser is for
+        noisy copies (and the provider's label on the clean image is the predecessor's reference).
         """
-        noise_sd = 0.0 if phase == "clean" else header.noise_sd
-        sampler = NoiseSampler(image, header.image_digest, header.seed, phase, noise_sd)
-        batch = min(self.batch_size or self.provider.max_batch_size, self.provider.max_batch_size)
-        denoise = self.denoiser is not None and phase != "clean"
-        block = max(batch, _denoise_block_size(image.shape)) if denoise else batch
-        for first, last in _contiguous_runs(missing, block):
-            images = sampler.noisy(first, last)
-            if denoise:
-                images = self._denoise(images)
-            for offset in range(0, last - first, batch):
-                yield first + offset, images[offset : offset + batch]
+        return _NoisyBatches(self, header, image, phase, missing)
 
     def _denoise(self, images: np.ndarray) -> np.ndarray:
         try:
@@ -714,6 +889,58 @@ class RobustAPI:
             except Exception:  # the original error matters more than a failed write of its trace
                 logger.exception("could not record the failed batch of call %s", header.run_id)
             raise
+
+
+class _NoisyBatches:
+    """The requests of one phase, made block by block within the RobustAPI's memory budget.
+
+    Iterating it (the dispatcher does, once) first reserves a :class:`~robust_api.memory.BlockPlan`
+    from the API's :class:`~robust_api.memory.MemoryPool` (waiting while other phases in
+    progress hold too much), then yields ``(first index, images)`` per request. ``max_in_flight``
+    tells the dispatcher the plan's limit on requests in flight; ``close()`` (the dispatcher
+    calls it when the phase is over) gives the reservation back — so does garbage collection.
+    """
+
+    def __init__(self, api: "RobustAPI", header: CallHeader, image: np.ndarray, phase: str, missing: Sequence[int]):
+        self._api = api
+        self._header = header
+        self._image = image
+        self._phase = phase
+        self._missing = list(missing)
+        self.plan = None
+        self.max_in_flight: Optional[int] = None
+        self._generator = None
+        self._release = None
+
+    def __iter__(self):
+        if self._generator is None:
+            self._generator = self._generate()
+        return self._generator
+
+    def close(self) -> None:
+        if self._generator is not None:
+            self._generator.close()
+        if self._release is not None:
+            self._release()
+
+    def _generate(self) -> Iterator[tuple[int, np.ndarray]]:
+        api, header, image, phase = self._api, self._header, self._image, self._phase
+        planner, describe = api._block_planner(image.shape, len(self._missing))
+        plan = api.memory.reserve(planner, describe)
+        self.plan, self.max_in_flight = plan, plan.in_flight
+        self._release = weakref.finalize(self, api.memory.release, plan)
+        noise_sd = 0.0 if phase == "clean" else header.noise_sd
+        sampler = NoiseSampler(image, header.image_digest, header.seed, phase, noise_sd, slab_bytes=plan.slab_bytes)
+        denoise = api.denoiser is not None and phase != "clean"
+        for first, last in _contiguous_runs(self._missing, plan.block):
+            block = sampler.noisy(first, last)
+            if denoise:
+                block = api._denoise(block)  # the noisy copies go when this returns
+            for offset in range(0, last - first, plan.batch):
+                piece = block[offset : offset + plan.batch]
+                yield first + offset, (piece.copy() if plan.copy_batches else piece)
+                piece = None
+            block = None  # freed (with its last request settled) before the next block is made
 
 
 class _Call:

@@ -29,10 +29,11 @@ from typing import Any, Optional
 
 from .api import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, RobustAPI
 from .errors import InvalidParameterError, QueryLogError, RobustAPIError
-from .offline import METHODS, SELECTIONS
+from .offline import METHODS, SELECTIONS, CertifySettings
 from .planning import plan
 from .query_logs import export_jsonl, export_parquet, open_log
 from .results import ABSTAIN
+from .validation import check_alpha, check_noise_sd, check_sample_count
 
 __all__ = ["main", "build_parser"]
 
@@ -114,7 +115,26 @@ def _build_api(args: argparse.Namespace) -> RobustAPI:
     )
 
 
+def _check_image_files(paths: Sequence[str], provider: str) -> None:
+    """Read each image once before the RobustAPI (and its log file) exists, so a missing,
+    unreadable, non-regular (FIFO, device, folder) or oversized file is refused without
+    creating a log. The pixel limit is the provider class's (the CLI has no ``max_pixels``);
+    the API checks each image again against the provider it builds."""
+    from .images import DEFAULT_MAX_PIXELS, as_image
+    from .providers.base import provider_factory
+
+    limit = getattr(provider_factory(provider), "max_input_pixels", DEFAULT_MAX_PIXELS)
+    if limit is not None and not isinstance(limit, int):  # a per-instance limit (a property): the generic one
+        limit = DEFAULT_MAX_PIXELS
+    for path in paths:
+        as_image(path, max_pixels=limit)
+
+
 def _cmd_certify(args: argparse.Namespace) -> int:
+    # every parameter and image file is checked before the log is opened (nothing is written)
+    CertifySettings.online(args.noise_sd, args.N0, args.N, args.alpha, args.method, args.selection, args.radius,
+                           args.tolerance)
+    _check_image_files(args.images, args.provider)
     api = _build_api(args)
     began = time.perf_counter()
     rows, items = [], []
@@ -153,6 +173,10 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    check_sample_count(args.N, "N")
+    check_noise_sd(args.noise_sd, allow_zero=True)
+    check_alpha(args.alpha)
+    _check_image_files(args.images, args.provider)
     api = _build_api(args)
     rows = []
     for path in args.images:
@@ -526,12 +550,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)])
     try:
         return args.handler(args)
-    except (RobustAPIError, FileNotFoundError) as exc:
-        print(f"robust-api: error: {exc}", file=sys.stderr)
+    except (RobustAPIError, OSError) as exc:  # bad input, a missing or unreadable file: one line, no traceback
+        print(f"robust-api: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("robust-api: error: out of memory; use smaller images or a smaller --batch-size/--concurrency",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("robust-api: interrupted; completed queries are in the log", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line, the traceback with -v
+        print(f"robust-api: internal error (please report it): {type(exc).__name__}: {_one_line(exc)}"
+              + ("" if args.verbose else "; run with -v for the traceback"), file=sys.stderr)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (its class name when it has none)."""
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,6 +36,7 @@ from .errors import (
     RobustAPIError,
     TransientProviderError,
 )
+from .pricing import check_cost_per_query
 from .providers.base import Provider, QueryFailure
 from .query_logs.records import QueryRecord, dumps_raw
 
@@ -262,7 +263,8 @@ class Hold:
 
 
 class _BatchFailed(Exception):
-    """A fatal failure inside a batch, carrying the records the batch had finished."""
+    """A fatal failure inside a batch, carrying one final record per sample of the batch
+    (index within the batch → record; the unfinished samples as errors)."""
 
     def __init__(self, cause: BaseException, finished: dict[int, QueryRecord]):
         super().__init__(str(cause))
@@ -294,11 +296,19 @@ class Dispatcher:
         retry: the :class:`RetryPolicy`.
         budget: the :class:`Budget` every attempt is reserved from.
         progress: see :func:`_progress_bar`.
+
+    Raises:
+        InvalidParameterError: the provider's ``cost_per_query_usd`` is not a finite number
+            in [0, $1] (above $1 only with the provider's ``allow_high_cost`` set to True).
     """
 
     def __init__(self, provider: Provider, *, concurrency: int = 1, rate_limiter: Optional[RateLimiter] = None,
                  retry: Optional[RetryPolicy] = None, budget: Optional[Budget] = None,
                  progress: Optional[bool] = None):
+        # any Provider (a user's own class too): its price feeds the caps and the log, so a
+        # NaN, infinite, negative or absurd one is refused here, before any query
+        check_cost_per_query(getattr(provider, "cost_per_query_usd", None), f"{provider.identity}'s cost_per_query_usd",
+                             allow_high_cost=getattr(provider, "allow_high_cost", False) is True)
         self.provider = provider
         self.concurrency = concurrency
         self.rate_limiter = rate_limiter
@@ -342,9 +352,14 @@ class Dispatcher:
         When ``abort`` is set (another batch of the call failed for good), no further attempt
         is made: the samples still pending are recorded as errors.
 
+        Accounting: ``billed[i]`` is the number of attempts of sample i the budget counted
+        (reserved before sending, given back for a throttled attempt). Every record — answer,
+        error, abandoned, or the failure record of a batch that stopped — carries
+        ``price × billed[i]``, so the log's cost column always equals what the budget counted.
+
         Raises:
             _BatchFailed: a non-transient failure (credentials, a bug, the budget); it carries
-                the records finished so far.
+                a record for every sample of the batch (the unfinished ones as errors).
         """
         provider = self.provider
         price = provider.cost_per_query_usd
@@ -363,6 +378,8 @@ class Dispatcher:
                         )
                     break
                 self.budget.reserve(len(pending), price * len(pending), hold)
+                for i in pending:
+                    billed[i] += 1  # counted by the budget from here on
                 if self.rate_limiter is not None:
                     self.rate_limiter.acquire()
                 batch = images if len(pending) == count else images[pending]
@@ -373,10 +390,11 @@ class Dispatcher:
                     latency = time.perf_counter() - began
                     if exc.kind in UNBILLED_KINDS:
                         self.budget.refund(len(pending), price * len(pending))
+                        for i in pending:
+                            billed[i] -= 1
                     retry_later = []
                     for i in pending:
                         attempts[i] += 1
-                        billed[i] += exc.kind not in UNBILLED_KINDS
                         if attempts[i] >= self.retry.max_attempts:
                             finished[i] = self._error_record(
                                 phase, start + i, f"{exc.kind} after {attempts[i]} attempts: {exc}", latency, billed[i]
@@ -398,9 +416,9 @@ class Dispatcher:
                 retry_later = []
                 retry_after: Optional[float] = None
                 now = time.time()
-                for i, raw in zip(pending, answers):
+                for i in pending:
                     attempts[i] += 1
-                    billed[i] += 1
+                for i, raw in zip(pending, answers):
                     if isinstance(raw, QueryFailure):
                         if raw.transient and attempts[i] < self.retry.max_attempts:
                             retry_later.append(i)
@@ -418,13 +436,17 @@ class Dispatcher:
                         for j, other in zip(pending, answers):
                             if j not in finished:
                                 kept = None if isinstance(other, QueryFailure) else other
-                                finished[j] = self._error_record(phase, start + j, message, latency, billed[j] or 1, kept)
+                                finished[j] = self._error_record(phase, start + j, message, latency, billed[j], kept)
                         raise
                     finished[i] = QueryRecord(phase, start + i, label, raw, latency, price * billed[i], now)
                 pending = retry_later
                 if pending:
                     abort.wait(self.retry.delay(max(attempts[i] for i in pending), retry_after, self._rng))
         except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            for i in range(count):
+                if i not in finished:  # what the budget counted for it stays on its record
+                    finished[i] = self._error_record(phase, start + i, message, 0.0, billed[i])
             raise _BatchFailed(exc, finished) from exc
         return [finished[i] for i in range(count)]
 
@@ -443,6 +465,11 @@ class Dispatcher:
         denoiser) or in recording them (the log) — no new batch is sent, the batches in flight
         stop retrying, finish and are recorded (the failed batch's unfinished samples as
         errors), and the first failure is raised.
+
+        ``batches`` may carry ``max_in_flight`` (read before each new batch: no more of its
+        batches are sent at once, a memory plan's limit) and ``close()`` (called once the
+        run is over, to give back what making the batches reserved). A batch is dropped from
+        here as soon as it is settled, so its memory can go before the next is made.
         """
         bar = _progress_bar(self.progress, total, phase)
         abort = threading.Event()
@@ -467,12 +494,7 @@ class Dispatcher:
             try:
                 records = outcome()
             except _BatchFailed as failed:
-                message = self.provider.redact(f"{type(failed.cause).__name__}: {failed.cause}")
-                sent = 0 if isinstance(failed.cause, BudgetExceededError) else 1
-                records = [
-                    failed.finished.get(i) or self._error_record(phase, start + i, message, 0.0, sent)
-                    for i in range(len(images))
-                ]
+                records = [failed.finished[i] for i in range(len(images))]  # query_batch fills every slot
                 fail(failed.cause)
             deliver(records)
 
@@ -495,6 +517,7 @@ class Dispatcher:
                         break
                     start, images = item
                     settle(lambda: self._query_serially(phase, start, images, abort, hold), start, images)
+                    item = images = None  # the batch's memory can go before the next one is made
             else:
                 executor = self._pool()
                 in_flight: dict[Future, tuple[int, np.ndarray]] = {}
@@ -507,7 +530,8 @@ class Dispatcher:
 
                 try:
                     while not failures:
-                        while len(in_flight) >= self.concurrency:
+                        while len(in_flight) >= min(self.concurrency, getattr(batches, "max_in_flight", None)
+                                                    or self.concurrency):
                             collect()
                         if failures:
                             break
@@ -516,6 +540,7 @@ class Dispatcher:
                             break
                         start, images = item
                         in_flight[executor.submit(self.query_batch, phase, start, images, abort, hold)] = (start, images)
+                        item = images = None  # only in_flight holds the batch now
                     while in_flight:
                         collect()
                 except BaseException as exc:  # e.g. KeyboardInterrupt while waiting
@@ -526,6 +551,9 @@ class Dispatcher:
         finally:
             if bar is not None:
                 bar.close()
+            close = getattr(batches, "close", None)
+            if callable(close):
+                close()
         if failures:
             first = failures[0]
             if isinstance(first, _RecordingFailed):

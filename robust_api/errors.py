@@ -6,6 +6,7 @@ one fits, from the matching built-in, so ordinary ``except ValueError`` clauses 
     RobustAPIError
     ├── InvalidInputError (ValueError)         bad image, bad parameter: raised before any query
     │   ├── InvalidImageError                  not an image, wrong shape/dtype/range, NaN, unreadable
+    │   │   └── ImageTooLargeError             more pixels than the limit, or copies beyond the memory budget
     │   └── InvalidParameterError              noise_sd, alpha, N, N0, seed, batch size ...
     ├── UnknownProviderError (ValueError)      provider name not registered (lists the known ones)
     ├── ProviderError (RuntimeError)           the provider failed while answering
@@ -18,7 +19,11 @@ one fits, from the matching built-in, so ordinary ``except ValueError`` clauses 
     ├── MissingDependencyError (ImportError)   an optional package is missing (message has the pip line)
     └── QueryLogError                          problems with a query log
         ├── NotAQueryLogError (ValueError)     the path exists but is not a robust_api log
-        │   └── UnsafePickleError              a predecessor pickle asks for more than plain data
+        │   ├── UnsafePickleError              a predecessor pickle asks for more than plain data
+        │   └── UntrustedLogError              an SQLite file whose schema is not exactly the store's
+        │                                      own (triggers, views, other tables or columns)
+        ├── LogAccessError (OSError)           the log cannot be opened, read or written (permission,
+        │                                      read-only folder, locked too long, opened read-only)
         ├── LogIntegrityError (ValueError)     duplicate or inconsistent records
         └── LogMismatchError (ValueError)      re-analysis asks for what the log cannot give
                                                (other noise_sd, more samples than logged ...)
@@ -32,6 +37,7 @@ __all__ = [
     "RobustAPIError",
     "InvalidInputError",
     "InvalidImageError",
+    "ImageTooLargeError",
     "InvalidParameterError",
     "UnknownProviderError",
     "ProviderError",
@@ -45,6 +51,8 @@ __all__ = [
     "QueryLogError",
     "NotAQueryLogError",
     "UnsafePickleError",
+    "UntrustedLogError",
+    "LogAccessError",
     "LogIntegrityError",
     "LogMismatchError",
 ]
@@ -60,6 +68,13 @@ class InvalidInputError(RobustAPIError, ValueError):
 
 class InvalidImageError(InvalidInputError):
     """The image is not usable: wrong type, shape, dtype, value range, or unreadable file."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The image has more pixels than the limit (the provider's input limit, ``max_pixels``,
+    or Pillow's decompression-bomb guard), or one noisy copy per request in flight does not
+    fit the memory budget (``memory_limit_mb``). Raised before any query or log write; the
+    message says which limit and how to proceed (``downscale=True``, a higher limit)."""
 
 
 class InvalidParameterError(InvalidInputError):
@@ -132,6 +147,20 @@ class NotAQueryLogError(QueryLogError, ValueError):
 
 class UnsafePickleError(NotAQueryLogError):
     """A predecessor pickle names a global other than plain data (it would run code): refused, nothing ran."""
+
+
+class UntrustedLogError(NotAQueryLogError):
+    """An SQLite file claims to be a query log but its schema is not exactly the one the store
+    creates: a trigger, a view, another table, index or column, a changed type or constraint.
+    Such a file could show or store other votes than its tables hold; it is refused before any
+    row is read or written, and left untouched. The message names the first difference."""
+
+
+class LogAccessError(QueryLogError, OSError):
+    """The log cannot be opened, read or written: permission denied, a folder where the
+    file's ``-wal``/``-shm`` side files cannot be created, a database locked by another
+    process for longer than the timeout, or a write to a log opened read-only
+    (``robust_api.open_log``). The message says what to change."""
 
 
 class LogIntegrityError(QueryLogError, ValueError):

@@ -119,6 +119,7 @@ def plan(
     selection: Optional[str] = None,
     vote_rate: float = 1.0,
     prices: Optional[Mapping[str, float]] = None,
+    allow_high_cost: bool = False,
 ) -> BudgetPlan:
     """Plan a certification budget before spending it.
 
@@ -133,7 +134,9 @@ def plan(
         selection: "noise" or "clean" (default: noise for cohen/top2, clean for sequential).
         vote_rate: the fraction of votes for the class, in (0.5, 1]: 1.0 gives the absolute
             minimum ⌈ln α / ln Φ(r/σ)⌉ (Cohen); real images need more.
-        prices: USD per query overrides (see :mod:`robust_api.pricing`).
+        prices: USD per query overrides (see :mod:`robust_api.pricing`): each finite, in
+            [0, $1] (checked before anything is computed).
+        allow_high_cost: accept override prices above $1 per query.
 
     Returns:
         A :class:`BudgetPlan`. The numbers are exact for the methods as implemented: with
@@ -155,9 +158,9 @@ def plan(
     if selection is not None and selection not in SELECTIONS:
         raise InvalidParameterError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if provider is not None:
-        table = {provider: price_per_query(provider, prices)}
+        table = {provider: price_per_query(provider, prices, allow_high_cost=allow_high_cost)}
     else:
-        table = {name: price for name, price in price_table(prices).items() if price > 0}
+        table = {name: price for name, price in price_table(prices, allow_high_cost=allow_high_cost).items() if price > 0}
     plans = []
     for name in (method,) if method else METHODS:
         chosen = selection or ("clean" if name == "sequential" else "noise")

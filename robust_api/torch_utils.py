@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any, Optional
 
 import numpy as np
 
-from .errors import InvalidParameterError
+from .errors import DenoiserError, InvalidParameterError
 
-__all__ = ["resolve_device", "read_safetensors", "state_dict_digest", "ModuleDenoiser", "denoiser_chunk_size"]
+__all__ = [
+    "resolve_device",
+    "read_safetensors",
+    "state_dict_digest",
+    "ModuleDenoiser",
+    "denoiser_chunk_size",
+    "receptive_radius",
+    "activation_bytes_per_pixel",
+]
 
 
 def resolve_device(device: Any = None):
@@ -70,14 +79,22 @@ def nhwc_to_tensor(images: np.ndarray, device):
 class ModuleDenoiser:
     """Run a ``torch.nn.Module`` denoiser ([B, C, H, W] in [0, 1] → same) on NumPy NHWC batches.
 
-    Batches are cut into chunks that fit the device (see :func:`denoiser_chunk_size`). On CUDA
-    the module runs in channels_last memory format under autocast (bfloat16 where the GPU
+    Batches are cut into chunks whose activations fit the device's activation budget (see
+    :func:`denoiser_chunk_size`). An image too large for the budget on its own is denoised in
+    spatial tiles, each extended on every side by the module's receptive radius (the pixels
+    an output pixel depends on), so that every output pixel sees exactly the input it sees
+    untiled: the result equals the untiled one up to float rounding (the convolution kernels
+    may accumulate in another order on another tile size). A module whose receptive radius
+    is unknown is not tiled: it raises :class:`DenoiserError` saying what to do. On CUDA the
+    module runs in channels_last memory format under autocast (bfloat16 where the GPU
     supports it, else float16); on CPU in float32.
 
     Args:
         module: the denoiser; put in eval mode and moved to ``device``.
         device: None (CUDA when available, else CPU), or anything ``torch.device`` takes.
         mixed_precision: None = autocast on CUDA only; False = always float32.
+        activation_bytes: bytes the activations of one forward pass may take on the CPU
+            (default :data:`CPU_ACTIVATION_BYTES`); on CUDA half the free GPU memory.
 
     Attributes:
         identity: ``"denoiser:<shipped name>"`` or ``"module:<class path>"``.
@@ -86,9 +103,12 @@ class ModuleDenoiser:
             answers are reused only for the same denoiser run the same way.
         noise_sd: the σ the module says it was trained for, or None.
         image_channels: the channel count the module accepts, or None (any / unknown).
+        receptive_radius: see :func:`receptive_radius` (None: the module cannot be tiled).
+        tiles_run: forward passes run on tiles so far (a counter, for tests and benchmarks).
     """
 
-    def __init__(self, module, device: Any = None, mixed_precision: Optional[bool] = None):
+    def __init__(self, module, device: Any = None, mixed_precision: Optional[bool] = None,
+                 activation_bytes: Optional[int] = None):
         import torch
 
         self.device = resolve_device(device)
@@ -97,6 +117,9 @@ class ModuleDenoiser:
         self.identity = f"denoiser:{name}" if name else f"module:{type(module).__module__}.{type(module).__qualname__}"
         self.noise_sd = getattr(module, "noise_sd", None)
         self.image_channels = getattr(module, "image_channels", None)
+        self.activation_bytes = activation_bytes
+        self.receptive_radius = receptive_radius(module)
+        self.tiles_run = 0
         self.autocast_dtype = None
         if self.device.type == "cuda":
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -109,22 +132,142 @@ class ModuleDenoiser:
         self.digest = hashlib.sha256("|".join(parts).encode()).hexdigest()
         self._torch = torch
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Denoise float32 [B, H, W, C] in [0, 1]; returns float32 [B, H, W, C] clamped to [0, 1]."""
+    def _budget(self) -> int:
+        if self.device.type == "cuda":
+            free, _ = self._torch.cuda.mem_get_info(self.device)
+            return int(free * CUDA_FREE_MEMORY_SHARE)
+        return int(CPU_ACTIVATION_BYTES if self.activation_bytes is None else self.activation_bytes)
+
+    def _forward(self, batch: np.ndarray) -> "Any":
+        """The module on float32 NHWC ``batch``; returns a float32 NHWC CPU tensor in [0, 1]."""
         torch = self._torch
-        chunk = denoiser_chunk_size(self.module, images.shape[1:], self.device)
-        outputs = []
+        tensor = nhwc_to_tensor(batch, self.device)
+        if self.autocast_dtype is not None:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=self.autocast_dtype):
+                result = self.module(tensor)
+        else:
+            result = self.module(tensor)
+        if tuple(result.shape) != tuple(tensor.shape):
+            raise DenoiserError(
+                f"denoiser {self.identity} returned shape {tuple(result.shape)} for input {tuple(tensor.shape)}"
+            )
+        return result.float().clamp_(0.0, 1.0).permute(0, 2, 3, 1).to("cpu")
+
+    def __call__(self, images: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Denoise float32 [B, H, W, C] in [0, 1]; returns float32 [B, H, W, C] clamped to [0, 1].
+
+        Args:
+            out: optional float32 array of the same shape to write into (default: a new one).
+        """
+        torch = self._torch
+        if out is None:
+            out = np.empty(images.shape, dtype=np.float32)
+        budget = self._budget()
+        count, height, width = images.shape[0], images.shape[1], images.shape[2]
+        per_pixel = activation_bytes_per_pixel(self.module)
         with torch.inference_mode():
-            for start in range(0, images.shape[0], chunk):
-                batch = nhwc_to_tensor(images[start : start + chunk], self.device)
-                if self.autocast_dtype is not None:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast("cuda", dtype=self.autocast_dtype):
-                        out = self.module(batch)
-                else:
-                    out = self.module(batch)
-                outputs.append(out.float().clamp_(0.0, 1.0).permute(0, 2, 3, 1).to("cpu").numpy())
-        return np.concatenate(outputs)
+            if height * width * per_pixel <= budget:
+                chunk = max(1, budget // max(1, height * width * per_pixel))
+                for start in range(0, count, chunk):
+                    out[start : start + chunk] = self._forward(images[start : start + chunk]).numpy()
+                return out
+            self._tiled(images, out, budget, per_pixel)
+        return out
+
+    def tile_size(self, image_shape, budget: Optional[int] = None) -> int:
+        """The interior side of the square tiles for images of ``image_shape`` (H, W, C)
+        (0: untiled). Raises DenoiserError when tiling is impossible under the budget."""
+        budget = self._budget() if budget is None else int(budget)
+        per_pixel = activation_bytes_per_pixel(self.module)
+        height, width = int(image_shape[0]), int(image_shape[1])
+        if height * width * per_pixel <= budget:
+            return 0
+        need_mb = height * width * per_pixel / 2**20
+        radius = self.receptive_radius
+        if radius is None:
+            raise DenoiserError(
+                f"denoiser {self.identity} needs about {need_mb:,.0f} MB of activations for one {height}×{width} "
+                f"image but its budget is {budget / 2**20:,.0f} MB, and its receptive radius is unknown, so it "
+                "cannot be run in tiles. Raise memory_limit_mb= (a quarter of it goes to the denoiser on the CPU), "
+                "pass downscale=True with a smaller max_pixels=, or set module.receptive_radius = <pixels an "
+                "output pixel depends on, on each side> if you know it"
+            )
+        side = math.isqrt(max(0, budget // per_pixel))
+        interior = side - 2 * radius
+        if interior < max(8, radius):
+            raise DenoiserError(
+                f"denoiser {self.identity}: a tile of {side}×{side} pixels fits the activation budget of "
+                f"{budget / 2**20:,.1f} MB, too small for its receptive radius of {radius} pixels; raise memory_limit_mb="
+            )
+        return interior
+
+    def _tiled(self, images: np.ndarray, out: np.ndarray, budget: int, per_pixel: int) -> None:
+        count, height, width = images.shape[0], images.shape[1], images.shape[2]
+        interior = self.tile_size(images.shape[1:], budget)
+        radius = self.receptive_radius
+        for top in range(0, height, interior):
+            bottom = min(height, top + interior)
+            ext_top, ext_bottom = max(0, top - radius), min(height, bottom + radius)
+            for left in range(0, width, interior):
+                right = min(width, left + interior)
+                ext_left, ext_right = max(0, left - radius), min(width, right + radius)
+                tile_pixels = (ext_bottom - ext_top) * (ext_right - ext_left)
+                chunk = max(1, budget // max(1, tile_pixels * per_pixel))
+                for start in range(0, count, chunk):
+                    stop = min(count, start + chunk)
+                    result = self._forward(images[start:stop, ext_top:ext_bottom, ext_left:ext_right])
+                    self.tiles_run += 1
+                    out[start:stop, top:bottom, left:right] = result[
+                        :, top - ext_top : bottom - ext_top, left - ext_left : right - ext_left
+                    ].numpy()
+
+
+def receptive_radius(module) -> Optional[int]:
+    """Pixels, on each side, that one output pixel of a denoiser depends on; None if unknown.
+
+    ``module.receptive_radius`` when the module declares it (an int ≥ 0). Otherwise, for the
+    shipped stride-1 convolutional architectures (DnCNN, MemNet: convolutions with "same"
+    zero padding, pointwise layers, residual sums and channel concatenations only), the
+    sum of the convolutions' radii, an upper bound on any path's. None for everything else
+    (DRUNet's down/up-sampling and padding to multiples of 8, non-local means, user modules).
+    """
+    declared = getattr(module, "receptive_radius", None)
+    if declared is not None:
+        if isinstance(declared, bool) or not isinstance(declared, int) or declared < 0:
+            raise DenoiserError(f"receptive_radius must be a non-negative int (pixels), got {declared!r}")
+        return declared
+    try:
+        from torch import nn
+
+        from .denoisers.dncnn import DnCNN
+        from .denoisers.memnet import MemNet
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    if type(module) not in (DnCNN, MemNet):
+        return None
+    radius = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            kernel, dilation, stride, padding = layer.kernel_size, layer.dilation, layer.stride, layer.padding
+            reach = [d * (k - 1) // 2 for k, d in zip(kernel, dilation)]
+            if any(s != 1 for s in stride) or any(k % 2 == 0 for k in kernel) or list(padding) != reach:
+                return None
+            radius += max(reach)
+        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.Upsample, nn.ConvTranspose2d, nn.AdaptiveAvgPool2d)):
+            return None
+    return radius
+
+
+#: Activation bytes per pixel and feature channel: float32, about four feature maps alive at
+#: once (measured with tracemalloc/RSS on DnCNN-17/64 in benchmarks/memory.py).
+BYTES_PER_ACTIVATION_CHANNEL = 16
+
+
+def activation_bytes_per_pixel(module) -> int:
+    """Activation bytes per image pixel of ``module``'s forward pass: its
+    ``activation_channels`` (default 64) × :data:`BYTES_PER_ACTIVATION_CHANNEL`."""
+    return int(getattr(module, "activation_channels", 64)) * BYTES_PER_ACTIVATION_CHANNEL
 
 
 #: Memory a denoiser chunk may use for activations: a share of free CUDA memory, or this on CPU.
@@ -132,25 +275,29 @@ CPU_ACTIVATION_BYTES = 1 << 30
 CUDA_FREE_MEMORY_SHARE = 0.5
 
 
-def denoiser_chunk_size(module, image_shape, device) -> int:
+def denoiser_chunk_size(module, image_shape, device, budget: Optional[int] = None) -> int:
     """Images per denoiser forward pass: activations of the widest layer, times 4 live copies,
-    in float32, must fit ``CPU_ACTIVATION_BYTES`` (CPU) or half the free CUDA memory.
+    in float32, must fit ``budget`` (default: ``CPU_ACTIVATION_BYTES`` on the CPU, half the
+    free CUDA memory on a GPU).
 
     Args:
         module: the denoiser; its ``activation_channels`` attribute (default 64) is the width.
         image_shape: (H, W, C) of one image.
         device: the ``torch.device`` it runs on.
+        budget: activation bytes allowed (None: the device default above).
 
     Returns:
-        An int ≥ 1.
+        An int ≥ 1 (1 also when one image alone exceeds the budget: :class:`ModuleDenoiser`
+        then tiles it).
     """
     import torch
 
     height, width = int(image_shape[0]), int(image_shape[1])
-    per_image = height * width * int(getattr(module, "activation_channels", 64)) * 4 * 4
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = int(free * CUDA_FREE_MEMORY_SHARE)
-    else:
-        budget = CPU_ACTIVATION_BYTES
-    return max(1, budget // max(per_image, 1))
+    per_image = height * width * activation_bytes_per_pixel(module)
+    if budget is None:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = int(free * CUDA_FREE_MEMORY_SHARE)
+        else:
+            budget = CPU_ACTIVATION_BYTES
+    return max(1, int(budget) // max(per_image, 1))

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import sqlite3
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,8 +22,8 @@ from robust_api.errors import InvalidInputError, InvalidParameterError, LogInteg
 from robust_api.images import as_image, image_digest
 from robust_api.offline import certify_from_log
 from robust_api.providers.base import Provider
-from robust_api.query_logs import export_jsonl, open_log
-from robust_api.query_logs.records import summarize_call
+from robust_api.query_logs import export_jsonl, export_parquet, open_log
+from robust_api.query_logs.records import MAX_LOGGED_COST_USD, summarize_call
 from robust_api.statistics import clopper_pearson_lower
 
 
@@ -119,20 +120,123 @@ def test_sqlite_summaries_equal_record_counts(mixed_log):
         assert summary.phases.keys() == expected.phases.keys()
         for name, votes in summary.phases.items():
             other = expected.phases[name]
-            assert (votes.votes, votes.errors, votes.samples, votes.paid) == (
-                other.votes, other.errors, other.samples, other.paid)
+            assert (votes.votes, votes.errors, votes.samples, votes.paid, votes.missing, votes.invalid_costs) == (
+                other.votes, other.errors, other.samples, other.paid, other.missing, other.invalid_costs)
             assert votes.cost_usd == pytest.approx(other.cost_usd)
 
 
-def test_sqlite_summaries_refuse_a_missing_record(mixed_log, tmp_path):
-    broken = tmp_path / "broken.sqlite3"
-    with sqlite3.connect(mixed_log) as source, sqlite3.connect(broken) as copy:
-        source.backup(copy)
+def _copy(log, target):
+    with sqlite3.connect(log) as source, sqlite3.connect(target) as copy:
+        source.backup(copy)  # a byte copy could miss what is still in the -wal file
+    return target
+
+
+def test_a_complete_call_with_a_missing_record_is_listed_as_damaged_never_certified(mixed_log, tmp_path):
+    """Marked complete yet a sample is missing: never in an honest log. The call is left out and
+    listed (loudly); certifying it from the samples that remain is refused; the rest is analysed."""
+    broken = _copy(mixed_log, tmp_path / "broken.sqlite3")
     with sqlite3.connect(broken) as conn:
-        conn.execute("DELETE FROM queries WHERE id = (SELECT id FROM queries WHERE phase = 'estimation' "
-                     "AND sample_index = 3 LIMIT 1)")
+        run_id, call_id = conn.execute(
+            "SELECT run_id, call_id FROM calls WHERE kind = 'certify' AND params LIKE '%cohen%' LIMIT 1").fetchone()
+        estimation = conn.execute("SELECT COUNT(*) FROM queries WHERE call_id = ? AND phase = 'estimation'",
+                                  (call_id,)).fetchone()[0]
+        conn.execute("DELETE FROM queries WHERE call_id = ? AND phase = 'estimation' AND sample_index = 3", (call_id,))
+    report = analyze(broken)
+    whole = _by_run(analyze(mixed_log))
+    rows = _by_run(report)
+    assert run_id not in rows and set(rows) == set(whole) - {run_id}
+    assert all(replace(rows[r], source="") == replace(whole[r], source="") for r in rows)  # the others as before
+    assert report.skipped["damaged"] == 1 and not report.skipped.get("incomplete")
+    (listed,) = report.incomplete
+    assert listed.run_id == run_id and listed.status == "complete" and listed.damaged
+    assert listed.phases["estimation"] == (estimation - 1, 1)
+    assert listed.queries == whole[run_id].queries - 1
+    text = report.table()
+    assert "WARNING: 1 certify call(s) are marked complete but have missing samples" in text and run_id in text
+    damaged = next(call for call in open_log(broken) if call.run_id == run_id)
     with pytest.raises(LogIntegrityError, match="missing record"):
-        analyze(broken)
+        certify_from_log(damaged)  # offline re-certification refuses it too
+
+
+def test_a_duplicated_sample_index_is_refused(mixed_log):
+    """Two records for one sample index never come from an honest log: the log is refused."""
+    call = next(call for call in open_log(mixed_log) if call.kind == "certify")
+    forged = call.with_records(call.records + (call.phase_records("estimation")[0],))
+    with pytest.raises(LogIntegrityError, match="duplicate"):
+        analyze([forged])
+
+
+_CRASHING_WORKER = """
+import sys, threading
+import numpy as np
+from robust_api import RobustAPI
+
+log = sys.argv[1]
+state = {"calls": 0}
+lock = threading.Lock()
+
+def classify(batch):
+    with lock:
+        state["calls"] += 1
+        number = state["calls"]
+    if number == 2:  # call 1 is the selection; the first estimation batch to arrive never answers
+        threading.Event().wait()
+    return ["cat" if float(x.mean()) < 0.5 else "dog" for x in batch]
+
+api = RobustAPI(classify, name="test:crash", log=log, seed=5, batch_size=10, concurrency=4, progress=False)
+api.certify(np.full((8, 8, 1), 0.2, np.float32), noise_sd=0.25, N0=10, N=100)
+"""
+
+
+def test_an_interrupted_call_with_a_gap_is_listed_and_the_log_analysed(tmp_path, capsys):
+    """A certify killed with SIGKILL while a batch was in flight and later ones had committed:
+    its estimation indices have a gap. The analysis reports the complete calls, lists the
+    interrupted one with what it paid, on the SQLite log and on its JSONL export."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "crashed.sqlite3"
+    api = RobustAPI(_level_classifier, name="test:crash", log=log, seed=5, batch_size=10, progress=False)
+    done = api.certify(np.full((8, 8, 1), 0.8, np.float32), noise_sd=0.25, N0=10, N=100)  # a complete call
+    api.close()
+    worker = tmp_path / "worker.py"
+    worker.write_text(_CRASHING_WORKER)
+    process = subprocess.Popen([sys.executable, str(worker), str(log)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            with sqlite3.connect(f"file:{log}?mode=ro", uri=True) as conn:
+                logged = conn.execute(
+                    "SELECT COUNT(*) FROM queries q JOIN calls c ON q.call_id = c.call_id "
+                    "WHERE c.status = 'running' AND q.phase = 'estimation'").fetchone()[0]
+            if logged == 90:  # every estimation batch but the blocked one is committed
+                break
+            time.sleep(0.02)
+        assert logged == 90, process.stderr.read() if process.poll() is not None else "timed out"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    export_jsonl(open_log(log), tmp_path / "crashed.jsonl")
+    for source in (log, tmp_path / "crashed.jsonl"):
+        report = analyze(source)
+        (row,) = report.rows
+        assert row.run_id == done.logs.run_id and row.radius == done.radius
+        assert report.skipped["incomplete"] == 1 and not report.skipped.get("damaged")
+        (listed,) = report.incomplete
+        assert listed.status == "running" and not listed.damaged
+        assert listed.phases == {"selection": (10, 0), "estimation": (90, 10)}
+        assert listed.queries == 100 and listed.cost_usd == 0.0 and report.incomplete_queries == 100
+        text = report.table()
+        assert "did not complete" in text and "estimation 90 (10 missing below index 99)" in text
+        assert listed.run_id in text and "paid 100 queries" in text
+        crashed = next(call for call in open_log(source) if call.status == "running")
+        with pytest.raises(LogIntegrityError, match="missing record"):
+            certify_from_log(crashed)  # never certified from the samples that happen to be there
+        assert main(["analyze", str(source)]) == 0  # the command too
+        out = capsys.readouterr().out
+        assert "estimation 90 (10 missing below index 99)" in out and "N0=10 N=100" in out
 
 
 # ----------------------------------------------------------------------- known answers
@@ -412,7 +516,10 @@ def test_incomplete_calls_spending_is_reported(known):
                      "(SELECT run_id FROM calls WHERE kind = 'certify' LIMIT 1)")
     report = analyze(log)
     assert report.incomplete_queries == 120 and report.groups[0].queries == 240
-    assert "they paid 120 queries" in report.table()
+    assert "left-out calls paid 120 queries" in report.table()
+    (listed,) = report.incomplete
+    assert listed.status == "failed" and listed.phases == {"selection": (20, 0), "estimation": (100, 0)}
+    assert f"{listed.run_id} (failed): selection 20, estimation 100; paid 120 queries, USD 0.00" in report.table()
 
 
 def test_sources_may_be_a_query_log_or_one_call(known):
@@ -437,3 +544,80 @@ def test_cli_analyze_refuses_bad_labels_and_plot_paths(known, tmp_path, capsys):
     assert main(["analyze", str(log), "--plot", str(tmp_path / "plot.xyz")]) == 2
     out, err = capsys.readouterr()
     assert "use .png, .pdf or .svg" in err and out == ""  # refused before the analysis printed anything
+
+
+# ----------------------------------------------------------------------- costs read from a log
+
+
+def _one_record(log, kind):
+    with sqlite3.connect(log) as conn:
+        return conn.execute(
+            "SELECT q.id, c.run_id FROM queries q JOIN calls c ON q.call_id = c.call_id WHERE c.kind = ? "
+            "ORDER BY q.id LIMIT 1", (kind,)).fetchone()
+
+
+def _check_unknown_cost(report, run_id):
+    (group,) = report.groups
+    assert group.cost_usd is None and group.invalid_costs == 1 and group.queries == 3 * 120
+    assert report.invalid_cost_calls == [run_id]
+    text = report.table()
+    header, _, row = text.splitlines()[:3]
+    assert header.split()[-1] == "USD" and row.split()[-1] == "unknown"
+    assert "USD unknown: 1 call(s) log a per-query cost that is not a valid price" in text and run_id in text
+    figures = "\n".join(line for line in text.splitlines() if not line.startswith("USD unknown"))
+    assert "nan" not in figures.lower() and "inf" not in figures.lower()
+    json.dumps(report.to_json(rows=True), allow_nan=False)  # strict JSON: no NaN or Infinity anywhere
+    csv_row = dict(zip(*[line.split(",") for line in report.to_csv().splitlines()]))
+    assert csv_row["cost_usd"] == "" and csv_row["invalid_costs"] == "1"
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, -0.5, 1e6, "abc", b"\x00"])
+def test_an_invalid_cost_in_an_sqlite_log_makes_the_total_unknown_not_wrong(known, tmp_path, bad):
+    _, log = known
+    record_id, run_id = _one_record(log, "certify")
+    with sqlite3.connect(log) as conn:
+        conn.execute("UPDATE queries SET cost_usd = ? WHERE id = ?", (bad, record_id))
+    _check_unknown_cost(analyze(log), run_id)
+
+
+def test_nan_costs_in_an_export_are_reported_unknown(known, tmp_path):
+    """JSON allows NaN literals: an export (or a hand-made file) may carry them, for certify and
+    predict calls alike."""
+    _, log = known
+    export = tmp_path / "costs.jsonl"
+    export_jsonl(open_log(log), export)
+    lines = [json.loads(line) for line in export.read_text().splitlines()]
+    kinds = {line["run_id"]: line["kind"] for line in lines if line["type"] == "call"}
+    first = {}
+    for line in lines:
+        if line["type"] == "query" and kinds[line["run_id"]] not in first:
+            first[kinds[line["run_id"]]] = line["run_id"]
+            line["cost_usd"] = math.nan
+    export.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    parquet = tmp_path / "costs.parquet"
+    export_parquet(open_log(export), parquet)  # NaN doubles in a Parquet column
+    for source in (export, parquet):
+        report = analyze(source)
+        (group,) = report.groups
+        assert group.cost_usd is None and group.invalid_costs == 1
+        assert report.predict_cost_usd is None and report.predict_queries == 3
+        assert set(report.invalid_cost_calls) == {first["certify"], first["predict"]}
+        text = report.table()
+        assert "predict calls (clean labels) paid 3 more queries (USD unknown)" in text
+        figures = "\n".join(line for line in text.splitlines() if not line.startswith("USD unknown"))
+        assert "nan" not in figures.lower() and "inf" not in figures.lower()
+        json.dumps(report.to_json(rows=True), allow_nan=False)
+
+
+def test_valid_costs_are_summed_up_to_the_ceiling(known):
+    _, log = known
+    record_id, _ = _one_record(log, "certify")
+    with sqlite3.connect(log) as conn:
+        conn.execute("UPDATE queries SET cost_usd = 0.0015")
+        conn.execute("UPDATE queries SET cost_usd = ? WHERE id = ?", (MAX_LOGGED_COST_USD, record_id))
+    report = analyze(log)
+    (group,) = report.groups
+    assert group.invalid_costs == 0 and not report.invalid_cost_calls
+    assert group.cost_usd == pytest.approx((3 * 120 - 1) * 0.0015 + MAX_LOGGED_COST_USD)
+    assert report.predict_cost_usd == pytest.approx(3 * 0.0015)
+    assert f"{group.cost_usd:.2f}" in report.table()

@@ -391,6 +391,142 @@ def test_label_fn_must_be_callable(label_fn, counting):
     assert_rejected(excinfo, InvalidParameterError, "label_fn must be a callable", counting)
 
 
+# -- every argument has a range, checked before a provider, a thread or a log file exists ----
+
+CONSTRUCTOR_OUT_OF_RANGE = [
+    ("batch_size", 10**6, "batch_size must be <= 65,536, got 1,000,000"),
+    ("batch_size", np.int64(0), "batch_size must be >= 1, got 0"),
+    ("concurrency", 0, "concurrency must be >= 1"),
+    ("concurrency", 5000, "concurrency must be <= 1,024"),
+    ("concurrency", 4.0, "concurrency must be a positive integer"),
+    ("rate_limit", 1e-9, "rate_limit must be >= 0.001 requests per second"),
+    ("rate_limit", 1e-300, "rate_limit must be >= 0.001 requests per second"),
+    ("rate_limit", float("nan"), "rate_limit must be a positive number"),
+    ("retry", 101, "retry must be <= 100"),
+    ("retry", 10**9, "retry must be <= 100"),
+    ("retry", robust_api.RetryPolicy(max_attempts=10**6), "at most 100 attempts per query"),
+    ("retry", robust_api.RetryPolicy(initial_backoff_s=1e300, max_backoff_s=1e300),  # time.sleep overflowed
+     "RetryPolicy.initial_backoff_s must be <= 3600 seconds"),
+    ("retry", robust_api.RetryPolicy(max_retry_after_s=1e9), "RetryPolicy.max_retry_after_s must be <= 3600"),
+    ("online", "no", "online must be True or False, got 'no'"),
+    ("online", 0, "online must be True or False, got 0"),
+    ("online", None, "online must be True or False, got None"),
+    ("class_names", "AB", "class_names must be a non-empty list of label strings"),
+    ("class_names", [0, 1], "class_names must be a non-empty list of label strings"),
+    ("class_names", [], "class_names must be a non-empty list of label strings"),
+    ("device", "bogus", "invalid device 'bogus'"),
+    ("max_queries", -1, "max_queries must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("name, value, phrase", CONSTRUCTOR_OUT_OF_RANGE, ids=lambda v: repr(v)[:40])
+def test_constructor_argument_out_of_range(name, value, phrase, counting, tmp_path):
+    """Each refused with InvalidParameterError naming the argument and its range; no log file
+    is created. (``online="no"`` used to mean online, ``rate_limit=1e-300`` overflowed
+    time.sleep after the first request, ``retry=10**9`` retried a dead service for days.)"""
+    log = tmp_path / "log.sqlite3"
+    with pytest.raises(InvalidParameterError) as excinfo:
+        RobustAPI(counting, log=log, **{name: value})
+    assert_rejected(excinfo, InvalidParameterError, phrase, counting)
+    assert not log.exists()
+
+
+def test_numpy_scalars_are_accepted_where_python_ones_are(counting):
+    api = RobustAPI(counting, log=False, retry=np.int64(3), max_queries=np.int32(40), batch_size=np.int16(7),
+                    online=np.True_)
+    assert api.retry.max_attempts == 3 and api.budget.max_queries == 40 and api.online is True
+    assert api.certify(IMAGE, noise_sd=SIGMA, N0=2, N=3).queries == 5
+
+
+# N = MAX_SAMPLES + 1 and 10**12: the old code accepted both and allocated one list entry per
+# sample (10**12: the OOM killer); max_queries=10 makes the old code fail fast with a budget
+# error instead, so these tests fail on it without exhausting the machine.
+HUGE_COUNTS = [
+    ("certify N", lambda api, v: api.certify(IMAGE, noise_sd=SIGMA, N0=2, N=v), "N must be <= 10,000,000"),
+    ("certify N0", lambda api, v: api.certify(IMAGE, noise_sd=SIGMA, N0=v, N=3), "N0 must be <= 10,000,000"),
+    ("sequential N", lambda api, v: api.certify(IMAGE, noise_sd=SIGMA, N=v, method="sequential"),
+     "N must be <= 10,000,000"),
+    ("predict N", lambda api, v: api.predict(IMAGE, noise_sd=SIGMA, N=v), "N must be <= 10,000,000"),
+    ("certify_many N", lambda api, v: api.certify_many([IMAGE], noise_sd=SIGMA, N0=2, N=v), "N must be <= 10,000,000"),
+    ("certify_batch N", lambda api, v: api.certify_batch([IMAGE], noise_sd=SIGMA, total_queries=100, N=v),
+     "N must be <= 10,000,000"),
+    ("certify_batch total", lambda api, v: api.certify_batch([IMAGE], noise_sd=SIGMA, total_queries=v * 10**6),
+     "total_queries must be <= 1,000,000,000,000"),
+    ("certify_many parallel", lambda api, v: api.certify_many([IMAGE], noise_sd=SIGMA, N0=2, N=3, parallel=v),
+     "parallel must be <= 1,024"),
+]
+
+
+@pytest.mark.parametrize("value", [10_000_001, 10**12])
+@pytest.mark.parametrize("what, call, phrase", HUGE_COUNTS, ids=[w for w, _, _ in HUGE_COUNTS])
+def test_absurd_sample_counts_are_refused_before_any_query(what, call, phrase, value, counting, tmp_path):
+    api = RobustAPI(counting, log=tmp_path / "log.sqlite3", seed=0, max_queries=10)
+    with pytest.raises(InvalidParameterError) as excinfo:
+        call(api, value)
+    assert_rejected(excinfo, InvalidParameterError, [phrase, "split the work" if "N" in phrase else ""], counting, api)
+
+
+def test_options_a_provider_does_not_take_are_refused_not_dropped(counting):
+    """An option the provider does not take was passed on (TypeError) or silently ignored."""
+    cases = [
+        (lambda: RobustAPI(counting, log=False, foo=1), "a callable provider does not take foo="),
+        (lambda: RobustAPI(counting, log=False, model="m.safetensors"), "a callable provider does not take model="),
+        (lambda: RobustAPI(counting, log=False, class_names=["A", "B"]), "does not take class_names="),
+        (lambda: RobustAPI(robust_api.CallableProvider(counting), log=False, endpoint="http://x"),
+         "a Provider object (CallableProvider) does not take endpoint="),
+        (lambda: RobustAPI(robust_api.CallableProvider(counting), log=False, label_fn=str), "does not take label_fn="),
+        (lambda: RobustAPI("local", log=False, foo=1), "provider 'local' does not take foo="),
+        (lambda: RobustAPI("local", log=False, label_fn=str), "provider 'local' does not take label_fn="),
+        (lambda: RobustAPI("http", url="http://127.0.0.1:9/predict", log=False, model="x"),
+         "provider 'http' does not take model="),
+    ]
+    for make, phrase in cases:
+        with pytest.raises(InvalidParameterError) as excinfo:
+            make()
+        assert_rejected(excinfo, InvalidParameterError, phrase, counting)
+
+
+def test_label_fn_reaches_a_cloud_provider():
+    """README: every adapter takes label_fn=; RobustAPI used to drop it for registered names."""
+    def choose(labels):
+        return labels[-1][0]
+
+    api = RobustAPI("http", url="http://127.0.0.1:9/predict", log=False, label_fn=choose)
+    assert api.provider.label_fn is choose
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, "8", True, 10**6])
+def test_callable_provider_batch_size_is_checked(batch_size, counting):
+    """CallableProvider(fn, batch_size=0) was accepted; RobustAPI then cut requests of 0 images."""
+    with pytest.raises(InvalidParameterError, match="batch_size must be"):
+        robust_api.CallableProvider(counting, batch_size=batch_size)
+
+
+class _BadSettings(robust_api.Provider):
+    identity = "bad-settings"
+
+    def send(self, images):
+        raise AssertionError("never called")
+
+    def parse(self, raw):
+        return str(raw)
+
+
+@pytest.mark.parametrize("attribute, value, phrase", [
+    ("max_batch_size", 0, "_BadSettings.max_batch_size must be >= 1"),
+    ("max_batch_size", 2.5, "_BadSettings.max_batch_size must be a positive integer"),
+    ("default_concurrency", -1, "_BadSettings.default_concurrency must be >= 1"),
+    ("default_rate_limit", 0, "_BadSettings.default_rate_limit: rate_limit must be a positive number"),
+])
+def test_a_provider_objects_own_settings_are_checked(attribute, value, phrase, tmp_path):
+    provider = _BadSettings()
+    setattr(provider, attribute, value)
+    log = tmp_path / "log.sqlite3"
+    with pytest.raises(InvalidParameterError, match=phrase.replace(".", r"\.")):
+        RobustAPI(provider, log=log)
+    assert not log.exists()
+
+
 # -- providers that misbehave ----------------------------------------------------------------
 
 PROVIDER_FAILURES = [

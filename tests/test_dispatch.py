@@ -300,7 +300,7 @@ def test_retry_after_is_waited():
         ({"rate_limit": 0}, "rate_limit"),
         ({"rate_limit": -1}, "rate_limit"),
         ({"rate_limit": "fast"}, "rate_limit"),
-        ({"retry": 0}, "max_attempts"),
+        ({"retry": 0}, "retry"),
         ({"retry": "often"}, "retry"),
         ({"max_queries": -1}, "max_queries"),
         ({"max_cost_usd": float("nan")}, "max_cost_usd"),
@@ -382,7 +382,10 @@ def test_answers_in_flight_are_recorded_when_the_denoiser_fails():
         api.predict(IMAGE, N=5000, noise_sd=SIGMA)
     call = next(iter(api.log))
     answered = [r for r in call if r.error is None]
-    assert len(answered) == provider.images_answered == 4096  # every paid answer is in the log
+    # every paid answer is in the log: how many requests of the first block had started when the
+    # second block's denoiser failed depends on thread timing, so only the equality is exact
+    assert len(answered) == provider.images_answered > 0
+    assert provider.images_answered < 5000  # the failure stopped the call
     assert api.spent.queries == provider.images_sent
 
 
@@ -394,14 +397,15 @@ def test_a_fatal_failure_stops_retries_in_flight():
                 number = self.requests
             if number == 3:
                 raise CredentialsError("key refused")
-            raise TransientProviderError("throttled", "slow down", retry_after=2.0)
+            raise TransientProviderError("throttled", "slow down", retry_after=60.0)
 
     provider = Mixed(batch=1)
     api = _api(provider, concurrency=4, retry=RetryPolicy(max_attempts=6, initial_backoff_s=0.0))
     started = time.perf_counter()
     with pytest.raises(CredentialsError):
         api.predict(IMAGE, N=8, noise_sd=SIGMA)
-    assert time.perf_counter() - started < 1.5  # not 2 s per retry of the throttled batches
+    # not 60 s per retry of the throttled batches (the bound is loose on purpose: a loaded machine)
+    assert time.perf_counter() - started < 30
     call = next(iter(api.log))
     assert len(call) <= 8 and all(r.error is not None for r in call)
 

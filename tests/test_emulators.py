@@ -667,20 +667,52 @@ def test_stats_and_deterministic_faults(fm):
     assert outcomes(8)[0] != first
 
 
+def test_images_received_counts_every_image_of_every_attempt(fm):
+    """``images_received`` counts what a service would bill: each image of each request that
+    reached the fault draw, faulted requests included; auth failures and malformed bodies not."""
+    import requests
+
+    png = base64.b64encode(fm["png"][0]).decode()
+    body = {"requests": [{"image": {"content": png}, "features": [{"type": 4, "maxResults": 3}]}] * 3}
+    with emulate("google", protocol="rest", faults={"server_error": 1.0}, api_key="K") as endpoint:
+        url = endpoint + "/v1/images:annotate"
+        for _ in range(2):
+            assert requests.post(url, json=body, headers={"x-goog-api-key": "K"}, timeout=5).status_code == 503
+        assert requests.post(url, json=body, headers={"x-goog-api-key": "wrong"}, timeout=5).status_code == 403
+        assert requests.post(url, data=b"{", headers={"x-goog-api-key": "K"}, timeout=5).status_code == 400
+        stats = endpoint.stats.snapshot()
+    assert (stats["requests"], stats["images_received"], stats["images"]) == (4, 6, 0)
+    instances = {"instances": [{"b64": png}] * 5}
+    with emulate("http", faults={"server_error": 0.5}, seed=2) as endpoint:
+        statuses = [requests.post(endpoint, json=instances, timeout=5).status_code for _ in range(4)]
+        stats = endpoint.stats.snapshot()
+    assert 503 in statuses and 200 in statuses
+    assert stats["images_received"] == 20 and stats["images"] == 5 * statuses.count(200)
+    endpoint.stats.reset()
+    assert endpoint.stats.images_received == 0
+
+
 def test_rate_limit_throttles_and_counts(fm):
     import requests
 
-    with emulate("http", rate_limit=4, retry_after_s=1) as endpoint:
+    post = lambda session, endpoint: session.post(  # noqa: E731
+        endpoint, data=fm["png"][0], headers={"Content-Type": "image/png"}, timeout=5)
+    # a token bucket of 2 refilled one token per 5 s: unless 5 requests take over 5 s on a
+    # loaded machine (then one more gets through), all but the first 2 are throttled
+    with emulate("http", rate_limit=0.2, retry_after_s=1) as endpoint:
         session = requests.Session()
-        statuses = [session.post(endpoint, data=fm["png"][0], headers={"Content-Type": "image/png"},
-                                 timeout=5) for _ in range(7)]
+        statuses = [post(session, endpoint) for _ in range(7)]
         codes = [s.status_code for s in statuses]
-        # a token bucket: a burst of 2, then one request per 1/4 s
         assert codes[:2] == [200, 200] and codes.count(429) >= 4 and set(codes) == {200, 429}
-        assert statuses[-1].headers["Retry-After"] == "1"
+        assert all(s.headers["Retry-After"] == "1" for s in statuses if s.status_code == 429)
         assert endpoint.stats.rate_limited == codes.count(429) and endpoint.stats.faults == {}
+    # refill: after 1/rate seconds (however long the requests took) a token is back
+    with emulate("http", rate_limit=4) as endpoint:
+        session = requests.Session()
+        for _ in range(4):
+            post(session, endpoint)
         time.sleep(0.3)
-        assert session.post(endpoint, data=fm["png"][0], headers={"Content-Type": "image/png"}, timeout=5).ok
+        assert post(session, endpoint).ok
 
 
 def test_latency_is_added_to_every_answer(fm):

@@ -224,7 +224,10 @@ def _same_answers(new_calls, committed_calls) -> None:
     assert len(new_calls) <= len(committed_calls)
     for new, old in zip(new_calls, committed_calls):
         assert (new.kind, new.image_digest, new.noise_sd, new.seed) == (old.kind, old.image_digest, old.noise_sd, old.seed)
-        assert [(r.phase, r.sample_index, r.label) for r in new] == [(r.phase, r.sample_index, r.label) for r in old]
+        # what matters: the same answer for every (phase, sample index); the order batches were
+        # committed in depends on which finished first (the stores read back in one order anyway)
+        assert sorted((r.phase, r.sample_index, r.label) for r in new) == sorted(
+            (r.phase, r.sample_index, r.label) for r in old)
 
 
 def test_record_sample_log_reproduces_the_committed_logs(tmp_path):

@@ -12,8 +12,10 @@ import pickle
 import random
 import re
 import subprocess
+import sys
 from collections import Counter, OrderedDict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -703,3 +705,255 @@ def test_build_cannot_reach_the_unpickler_state(tmp_path):
     path.write_bytes(b"c_codecs\nencode\n}S'polluted'\nI1\nsb.")
     with pytest.raises(UnsafePickleError, match="opcode BUILD"):
         load_legacy_pickle(path)
+
+
+# ---------------------------------------------------------------------------------------
+# files built to hang or exhaust the importer: refused, in bounded work
+# ---------------------------------------------------------------------------------------
+# A regression here hangs or crashes the interpreter rather than failing an assertion, so
+# these cases run in a child interpreter; its generous timeout turns a hang into a failure
+# (nothing is timed: a refusal takes well under a second, the old code hours or forever).
+ISOLATED_TIMEOUT_S = 300
+
+_REPORT = """
+import sys
+from robust_api.query_logs.legacy import import_legacy, load_legacy_pickle, read_legacy_tsv
+def report(what, call):
+    try:
+        call()
+    except BaseException as exc:
+        print(what, type(exc).__name__, " ".join(str(exc).split()), sep="|", flush=True)
+    else:
+        print(what, "ok", "", sep="|", flush=True)
+"""
+
+
+def run_isolated(body: str, *, memory_limit: Optional[int] = None) -> dict:
+    """Run ``body`` (after _REPORT) in a fresh interpreter; {what: (error type or "ok", message)}."""
+    code = _REPORT
+    if memory_limit is not None:
+        code += (
+            "import resource\n"
+            "pages = int(open('/proc/self/statm').read().split()[0])\n"
+            f"limit = pages * resource.getpagesize() + {memory_limit}\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        )
+    try:
+        done = subprocess.run([sys.executable, "-c", code + body], capture_output=True, text=True,
+                              timeout=ISOLATED_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the importer did not finish within {ISOLATED_TIMEOUT_S} s (it hangs)")
+    assert done.returncode == 0, f"the child interpreter died (status {done.returncode}): {done.stderr[-2000:]}"
+    results = {}
+    for line in done.stdout.splitlines():
+        what, kind, message = line.split("|", 2)
+        results[what] = (kind, message)
+    return results
+
+
+def colliding_ints(count: int) -> list[int]:
+    """Distinct ints with equal hash on 64-bit CPython: k·(2⁶¹ − 1) all hash to 0."""
+    return [k * (2**61 - 1) for k in range(1, count + 1)]
+
+
+def _long1(value: int) -> bytes:
+    data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(data)]) + data
+
+
+def collision_dict_pickle(count: int) -> bytes:
+    """A protocol-2 pickle of a dict with ``count`` colliding int keys, written opcode by opcode
+    (pickle.dumps would first have to build the dict, in quadratic time)."""
+    return b"\x80\x02}(" + b"".join(_long1(key) + b"N" for key in colliding_ints(count)) + b"u."
+
+
+def collision_set_pickle(count: int) -> bytes:
+    """A protocol-4 pickle of a set of ``count`` colliding ints (EMPTY_SET, ADDITEMS)."""
+    return b"\x80\x04\x8f(" + b"".join(_long1(key) for key in colliding_ints(count)) + b"\x90."
+
+
+@pytest.mark.skipif(sys.platform == "win32" or sys.hash_info.width != 64, reason="64-bit CPython hashes")
+def test_hash_collision_pickles_are_refused_without_quadratic_work(tmp_path):
+    """200,000 colliding keys: inserting them takes ~10¹⁰ comparisons (the old importer ran
+    for tens of minutes); now the 9th colliding key ends the load with UnsafePickleError."""
+    assert len({hash(key) for key in colliding_ints(1000)}) == 1
+    (tmp_path / "pred_hist_0.pkl").write_bytes(collision_dict_pickle(200_000))
+    (tmp_path / "pred_hist_1.pkl").write_bytes(collision_set_pickle(200_000))
+    out = tmp_path / "out.sqlite3"
+    results = run_isolated(
+        f"report('dict', lambda: load_legacy_pickle({str(tmp_path / 'pred_hist_0.pkl')!r}))\n"
+        f"report('set', lambda: load_legacy_pickle({str(tmp_path / 'pred_hist_1.pkl')!r}))\n"
+        f"report('import', lambda: import_legacy({str(tmp_path / 'pred_hist_0.pkl')!r}, 'aws', 0.25, out={str(out)!r}))\n"
+    )
+    assert results["dict"][0] == "UnsafePickleError" and "share the hash value 0" in results["dict"][1]
+    assert results["import"][0] == "UnsafePickleError" and "Nothing was executed" in results["import"][1]
+    assert results["set"][0] == "NotAQueryLogError" and "holds a set (opcode EMPTY_SET" in results["set"][1]
+    assert not out.exists()
+
+
+def _pickle_text_int(value: int) -> bytes:
+    return b"I" + str(value).encode() + b"\n"
+
+
+@pytest.mark.skipif(sys.hash_info.width != 64, reason="64-bit CPython hashes")
+@pytest.mark.parametrize("route", ["SETITEMS", "SETITEM", "DICT", "OrderedDict-pairs", "nested-response"])
+def test_colliding_keys_are_refused_on_every_way_a_dict_is_built(tmp_path, route):
+    """Floats 2.0**(61·k) and ints 1 + k·(2⁶¹ − 1) all hash to 1: 20 such keys are refused
+    however the pickle builds its dict; distinct honest keys never share a hash this way."""
+    keys = [2.0 ** (61 * k) for k in range(17)] + [1 + k * (2**61 - 1) for k in range(2, 5)]
+    assert len(set(keys)) == len(keys) and {hash(key) for key in keys} == {1}
+    if route == "SETITEMS":
+        blob = pickle.dumps(dict.fromkeys(keys), protocol=2)
+    elif route == "SETITEM":
+        blob = pickle.dumps(dict.fromkeys(keys), protocol=0)
+    elif route == "DICT":  # MARK key value ... DICT: never written by CPython, easy to write by hand
+        blob = b"(" + b"".join(_pickle_text_int(1 + k * (2**61 - 1)) + b"N" for k in range(2, 22)) + b"d."
+    elif route == "OrderedDict-pairs":  # Python 2's OrderedDict([[key, value], ...])
+        blob = pickle.dumps(OrderedDict((key, None) for key in keys), protocol=2)
+        assert b"collections\nOrderedDict" in blob
+    else:
+        blob = pickle.dumps({"ground_truth": [[{"name": "cat", "extra": dict.fromkeys(keys)}]], "pred": []})
+    path = tmp_path / "pred_hist_0.pkl"
+    path.write_bytes(blob)
+    with pytest.raises(UnsafePickleError, match="share the hash value 1"):
+        load_legacy_pickle(path)
+
+
+def test_keys_that_share_a_hash_honestly_still_load(tmp_path):
+    """hash(-1) == hash(-2) on CPython, and 1, 1.0 and True are one key: a few are admitted."""
+    path = write_pickle(tmp_path / "pred_hist_0.pkl",
+                        {"ground_truth": [{-1: "a", -2: "b", 1: "c", "x": 0.5}], "pred": [[{"name": "cat"}]] * 2})
+    assert load_legacy_pickle(path)["ground_truth"] == [{-1: "a", -2: "b", 1: "c", "x": 0.5}]
+
+
+def test_deeply_nested_tuple_key_is_refused_before_it_is_hashed(tmp_path):
+    """A dict key that is a tuple nested 200,000 deep: hashing it recursed in C until the old
+    importer's interpreter crashed (SIGSEGV). Keys must be scalars; it is refused unhashed."""
+    path = tmp_path / "pred_hist_0.pkl"
+    path.write_bytes(b"\x80\x02}" + b")" + b"\x85" * 200_000 + b"Ns.")
+    results = run_isolated(f"report('deep', lambda: load_legacy_pickle({str(path)!r}))\n")
+    assert results["deep"][0] == "UnsafePickleError" and "a dict key is a tuple" in results["deep"][1]
+    shallow = write_pickle(tmp_path / "pred_hist_1.pkl", {"ground_truth": [{(1, 2): "x"}], "pred": []})
+    with pytest.raises(UnsafePickleError, match="a dict key is a tuple"):
+        load_legacy_pickle(shallow)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/statm")
+def test_a_memo_index_far_past_the_data_is_refused(tmp_path):
+    """LONG_BINPUT at index 2³¹ in an 11-byte file: the C unpickler sizes its memo to the index
+    (tens of GB; here a MemoryError under a 1 GiB address-space limit). Refused by the scan."""
+    import struct
+
+    path = tmp_path / "pred_hist_0.pkl"
+    path.write_bytes(b"\x80\x02N" + b"r" + struct.pack("<I", 2**31) + b".")
+    results = run_isolated(f"report('memo', lambda: load_legacy_pickle({str(path)!r}))\n", memory_limit=2**30)
+    assert results["memo"][0] == "UnsafePickleError" and "memo entry 2,147,483,648" in results["memo"][1]
+    with pytest.raises(UnsafePickleError, match="memo index built to exhaust memory"):
+        load_legacy_pickle(path)
+
+
+def test_huge_integers_are_refused(tmp_path):
+    """A 4000-bit int (LONG4) cannot be printed (Python refuses int → str past 4300 digits for
+    bigger ones) and no API answer holds one; 1024 bits are read at most."""
+    path = write_pickle(tmp_path / "pred_hist_0.pkl", {"ground_truth": [[{"name": "cat", "id": 2**4000}]], "pred": []})
+    with pytest.raises(UnsafePickleError, match="an integer of 501 bytes"):
+        load_legacy_pickle(path)
+    fine = write_pickle(tmp_path / "pred_hist_1.pkl", {"ground_truth": [[{"name": "cat", "id": 2**1000}]], "pred": []})
+    assert load_legacy_pickle(fine)["ground_truth"][0][0]["id"] == 2**1000
+
+
+def test_the_number_of_opcodes_is_capped(tmp_path, monkeypatch):
+    from robust_api.query_logs import legacy
+
+    path = write_pickle(tmp_path / "pred_hist_0.pkl", {"ground_truth": [[]], "pred": [[{"name": "cat"}]] * 300})
+    assert load_legacy_pickle(path)["pred"][0] == [{"name": "cat"}]
+    monkeypatch.setattr(legacy, "MAX_PICKLE_OPCODES", 100)
+    with pytest.raises(NotAQueryLogError, match="more than 100 pickle opcodes"):
+        load_legacy_pickle(path)
+    # the unpickler bounds its own work too, when used without the scan
+    with pytest.raises(NotAQueryLogError, match="more than 50 pickle opcodes"):
+        legacy.RestrictedUnpickler(io.BytesIO(path.read_bytes()), path, max_opcodes=50).load()
+
+
+def test_opcodes_outside_plain_data_are_not_in_the_unpicklers_table(tmp_path):
+    """Without the scan, the unpickler itself refuses BUILD and set opcodes (its table lacks them)."""
+    from robust_api.query_logs.legacy import RestrictedUnpickler
+
+    for blob, name in ((pickle.dumps({1, 2}, protocol=4), "EMPTY_SET"), (b"}}b.", "BUILD")):
+        with pytest.raises(UnsafePickleError, match=f"opcode {name}"):
+            RestrictedUnpickler(io.BytesIO(blob)).load()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_are_refused_without_blocking(tmp_path):
+    """A FIFO (as a source, inside a source folder, as a TSV, or as ``out``) blocked the old
+    importer forever in open(); it is refused from its stat, never opened."""
+    import shutil
+
+    fifo = tmp_path / "pred_hist_0.pkl"
+    os.mkfifo(fifo)
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    os.mkfifo(folder / "pred_hist_3.pkl")
+    tsv = tmp_path / "log.txt"
+    os.mkfifo(tsv)
+    good = build_folder(tmp_path, "aws")[1][2][0]
+    out_fifo = tmp_path / "out.sqlite3"
+    os.mkfifo(out_fifo)
+    shutil.copy(good, folder / "pred_hist_2.pkl")
+    results = run_isolated(
+        f"report('file', lambda: load_legacy_pickle({str(fifo)!r}))\n"
+        f"report('import', lambda: import_legacy({str(fifo)!r}, 'aws', 0.25, out={str(tmp_path / 'a.sqlite3')!r}))\n"
+        f"report('folder', lambda: import_legacy({str(folder)!r}, 'aws', 0.25, out={str(tmp_path / 'b.sqlite3')!r}))\n"
+        f"report('list', lambda: import_legacy([{str(good)!r}, {str(fifo)!r}], 'aws', 0.25))\n"
+        f"report('tsv', lambda: read_legacy_tsv({str(tsv)!r}))\n"
+        f"report('out', lambda: import_legacy({str(good)!r}, 'aws', 0.25, out={str(out_fifo)!r}))\n"
+        f"report('out.jsonl', lambda: import_legacy({str(good)!r}, 'aws', 0.25, out={str(tmp_path / 'c.jsonl')!r}))\n"
+    )
+    for what in ("file", "import", "list"):
+        assert results[what] == ("NotAQueryLogError", results[what][1]) and "is a FIFO (named pipe)" in results[what][1]
+    assert results["folder"][0] == "NotAQueryLogError" and "pred_hist_3.pkl is a FIFO" in results["folder"][1]
+    assert results["tsv"][0] == "NotAQueryLogError" and "log.txt is a FIFO" in results["tsv"][1]
+    assert results["out"][0] == "NotAQueryLogError" and "not a log file or folder" in results["out"][1]
+    assert results["out.jsonl"] == ("ok", "")  # control: the same import into a real path works
+    assert not (tmp_path / "a.sqlite3").exists() and not (tmp_path / "b.sqlite3").exists()
+
+
+def test_devices_and_sockets_are_refused_unopened(tmp_path):
+    import socket
+
+    if os.path.exists("/dev/zero"):  # the old importer read 512 MiB of zeros from it
+        with pytest.raises(NotAQueryLogError, match="is a character device"):
+            load_legacy_pickle("/dev/zero")
+        with pytest.raises(NotAQueryLogError, match="is a character device"):
+            read_legacy_tsv("/dev/zero")
+    if hasattr(socket, "AF_UNIX"):
+        path = tmp_path / "pred_hist_0.pkl"
+        server = socket.socket(socket.AF_UNIX)
+        try:
+            server.bind(str(path))
+            with pytest.raises(NotAQueryLogError, match="is a socket"):
+                import_legacy(path, "aws", SIGMA)
+        finally:
+            server.close()
+    with pytest.raises(NotAQueryLogError, match="is a folder"):
+        load_legacy_pickle(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_cli_import_of_a_fifo_is_one_line_and_fails(tmp_path):
+    fifo = tmp_path / "pred_hist_0.pkl"
+    os.mkfifo(fifo)
+    out = tmp_path / "log.sqlite3"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "robust_api.cli", "import-legacy", str(fifo), "--api", "aws", "--noise-sd", "0.25",
+             "--out", str(out)],
+            capture_output=True, text=True, timeout=ISOLATED_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("robust-api import-legacy hangs on a FIFO")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("robust-api: error: ")
+    assert "is a FIFO (named pipe)" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()

@@ -135,13 +135,15 @@ def test_same_certificate_under_20_percent_transient_faults(kind, images, bundle
         faults = {"throttle": 0.05, "server_error": 0.05, "malformed": 0.03, "timeout": 0.02, "image_error": 0.05}
     with make_api(kind, bundled) as (api, _):
         clean = api.certify(images[2], noise_sd=SIGMA, N0=20, N=100)
-    emulator = {"faults": faults, "seed": 1, "hang_s": 1.0}
-    with make_api(kind, bundled, emulator=emulator, timeout_s=0.4, concurrency=8) as (api, endpoint):
+    # the client gives up at 2 s, the "timeout" fault hangs 4 s: a request the loaded 2-core
+    # machine merely answers slowly (a batch of 100 images through the CNN) is not a timeout
+    emulator = {"faults": faults, "seed": 1, "hang_s": 4.0}
+    with make_api(kind, bundled, emulator=emulator, timeout_s=2.0, concurrency=8) as (api, endpoint):
         faulty = api.certify(images[2], noise_sd=SIGMA, N0=20, N=100)
         injected = sum(endpoint.stats["faults"].values())
     assert injected > 0
+    assert faulty.errors == 0, [r.error for r in faulty.logs if r.error][:3]
     assert _summary(faulty) == _summary(clean)
-    assert faulty.errors == 0
     good = [r for r in faulty.logs if r.error is None]
     assert Counter(r.phase for r in good) == {"selection": 20, "estimation": 100}
     assert len(faulty.logs) == 120

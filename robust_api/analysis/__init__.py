@@ -19,7 +19,7 @@ from typing import Any, Optional, Union
 from ..errors import InvalidParameterError
 from ..query_logs import CallLog, QueryLog
 from ..validation import check_alpha, check_radius
-from .collect import CertifiedImage, collect, load_labels
+from .collect import CertifiedImage, IncompleteCall, collect, load_labels
 from .metrics import average_certified_radius, certified_accuracy, certified_accuracy_curve
 from .report import GROUP_FIELDS, AnalysisReport, GroupSummary, summarize_group
 
@@ -28,6 +28,7 @@ __all__ = [
     "AnalysisReport",
     "GroupSummary",
     "CertifiedImage",
+    "IncompleteCall",
     "load_labels",
     "certified_accuracy",
     "average_certified_radius",
@@ -90,13 +91,18 @@ def analyze(
 
     Returns:
         An :class:`AnalysisReport`: ``.rows``, ``.groups``, ``.table()``, ``.to_csv()``,
-        ``.to_json()``, ``.plot()``. Each certificate carries its own guarantee (probability
-        ≥ 1 − α per image); the accuracies are empirical fractions over images, not bounds.
+        ``.to_json()``, ``.plot()``; ``.incomplete`` lists the certify calls left out because
+        they did not complete or have a gap (never certified from what they hold), with
+        what they paid; ``.invalid_cost_calls`` names calls whose logged costs are not valid
+        prices (their dollars are reported unknown, never summed). Each certificate carries
+        its own guarantee (probability ≥ 1 − α per image); the accuracies are empirical
+        fractions over images, not bounds.
 
     Raises:
         InvalidParameterError: unknown ``truth`` or ``by`` field, bad radii or α, or
             ``truth="labels"`` without ``labels``.
-        QueryLogError: a source is not a log, or a log contradicts itself.
+        QueryLogError: a source is not a log, or a log contradicts itself (a duplicated
+            sample index: :class:`LogIntegrityError`). A gap in a call is not refused.
     """
     radii = _check_radii(radii)
     by = _check_by(by)
@@ -137,7 +143,8 @@ def analyze(
         sources=[os.fspath(s) if isinstance(s, (str, os.PathLike)) else type(s).__name__ for s in sources],
         skipped=collected.skipped, predict_queries=collected.predict_queries,
         predict_cost_usd=collected.predict_cost_usd, incomplete_queries=collected.incomplete_queries,
-        incomplete_cost_usd=collected.incomplete_cost_usd,
+        incomplete_cost_usd=collected.incomplete_cost_usd, incomplete=collected.incomplete,
+        invalid_cost_calls=collected.invalid_cost_calls,
     )
 
 

@@ -12,7 +12,7 @@ import csv
 import os
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -25,7 +25,7 @@ from ..results import ABSTAIN
 from ..statistics import top_label
 from ..validation import check_alpha, check_noise_sd
 
-__all__ = ["CertifiedImage", "Collected", "collect", "load_labels", "TSV_SUFFIXES", "LOG_SUFFIXES"]
+__all__ = ["CertifiedImage", "IncompleteCall", "Collected", "collect", "load_labels", "TSV_SUFFIXES", "LOG_SUFFIXES"]
 
 #: Files read as the predecessor's certification output (``idx correct radius label predict``).
 TSV_SUFFIXES = (".tsv", ".txt")
@@ -53,9 +53,12 @@ class CertifiedImage:
         samples: queries the method used, paid or reused (None for TSV rows).
         queries: queries paid for by this call, plus those of later runs of the same call
             that the analysis left out as repeats (reused answers are free; None for TSV rows).
-        cost_usd: what those queries cost at the logged prices (None for TSV rows).
+        cost_usd: what those queries cost at the logged prices (None for TSV rows, and when
+            ``invalid_costs`` > 0: the total is unknown).
         clean_label: the provider's own label on the clean image, when the logs hold one.
         truth: the ground truth this analysis compares with (None when unknown).
+        invalid_costs: records of these calls whose logged cost is not a valid price (NaN,
+            infinite, negative, not a number, or above ``MAX_LOGGED_COST_USD``).
     """
 
     source: str
@@ -76,6 +79,7 @@ class CertifiedImage:
     cost_usd: Optional[float]
     clean_label: Optional[str] = None
     truth: Optional[str] = None
+    invalid_costs: int = 0
 
     @property
     def abstained(self) -> bool:
@@ -87,19 +91,71 @@ class CertifiedImage:
         return self.label is not None and self.truth is not None and self.label == self.truth
 
 
+@dataclass(frozen=True)
+class IncompleteCall:
+    """A certify call the analysis left out because it did not complete or has a gap.
+
+    Attributes:
+        source: the log (path) it came from.
+        run_id: the call's run id.
+        image: the image digest.
+        provider: the provider identity.
+        status: "running" (interrupted, or still in progress), "failed", or "complete" for a
+            call marked complete whose samples have a gap (the log was edited or damaged).
+        phases: phase → (samples logged, indices missing below the highest logged one).
+        queries: queries the call paid for.
+        cost_usd: what they cost at the logged prices (None: a logged cost is not a valid price).
+        reason: why it was left out, in words.
+    """
+
+    source: str
+    run_id: str
+    image: str
+    provider: str
+    status: str
+    phases: dict
+    queries: int
+    cost_usd: Optional[float]
+    reason: str
+
+    @property
+    def damaged(self) -> bool:
+        """Marked complete, yet samples are missing: never in an honest log."""
+        return self.status == "complete"
+
+    def describe(self) -> str:
+        """One line: run id, status, what each phase holds, what the call paid."""
+        parts = []
+        for phase, (samples, missing) in self.phases.items():
+            gap = f" ({missing} missing below index {samples + missing - 1})" if missing else ""
+            parts.append(f"{phase} {samples}{gap}")
+        cost = "unknown (invalid costs logged)" if self.cost_usd is None else f"{self.cost_usd:.2f}"
+        return (f"{self.run_id} ({self.status}): {', '.join(parts) or 'no samples'}; "
+                f"paid {self.queries} queries, USD {cost}")
+
+
 @dataclass
 class Collected:
     """What :func:`collect` read: the rows, the clean labels, what it left out and why, and the
     queries paid by predict calls (clean labels included) and by certify calls that did not
-    complete, which no row counts."""
+    complete or have gaps (``incomplete``, listed one by one), which no row counts. A cost is
+    None when some logged cost behind it is not a valid price; ``invalid_cost_calls`` names
+    those calls."""
 
     rows: list
     clean_labels: dict
     skipped: Counter
     predict_queries: int = 0
-    predict_cost_usd: float = 0.0
+    predict_cost_usd: Optional[float] = 0.0
     incomplete_queries: int = 0
-    incomplete_cost_usd: float = 0.0
+    incomplete_cost_usd: Optional[float] = 0.0
+    incomplete: list = field(default_factory=list)
+    invalid_cost_calls: list = field(default_factory=list)
+
+
+def _add_cost(total: Optional[float], cost: Optional[float]) -> Optional[float]:
+    """A running total that stays unknown (None) once one part is unknown."""
+    return None if total is None or cost is None else total + cost
 
 
 def _settings_text(params: dict, selection_is_clean: bool) -> str:
@@ -122,7 +178,7 @@ def _row_from_summary(summary: CallSummary, source: str, alpha: Optional[float],
         source=source, run_id=header.run_id, image=header.image_digest, provider=header.provider,
         model_version=header.model_version, denoiser=header.denoiser_id or "none", noise_sd=float(header.noise_sd),
         method=method, settings=_settings_text(params, selection_is_clean), queries=summary.paid,
-        cost_usd=summary.cost_usd,
+        cost_usd=summary.cost_usd, invalid_costs=summary.invalid_costs,
     )
     if method not in ("cohen", "top2") or (selection_is_clean and clean.samples != 1):
         # the sequential rule replays the records in order (counts are not enough); any other
@@ -228,21 +284,26 @@ def collect(sources: Iterable[Source], alpha: Optional[float] = None) -> Collect
             (decide it before looking at results: see the soundness notes).
 
     Returns:
-        A :class:`Collected`. Calls that did not complete are left out (``skipped["incomplete"]``);
-        of several complete calls with the same image, provider, model, denoiser, σ and
-        method and budget (a rerun that reused the log), only the earliest certificate is
-        kept (``skipped["repeat"]``), so no image counts twice and no rerun can replace a
-        result; the queries all of them paid are added to the row kept. A call found in two
-        sources (a log and its export) is read once (``skipped["duplicate"]``). Clean labels are the most frequent clean answer per (image,
-        provider, model version) over predict calls with noise_sd = 0 and clean selections;
-        a tie leaves the image without one.
+        A :class:`Collected`. Calls that did not complete are left out (``skipped["incomplete"]``),
+        and so are calls marked complete whose samples have a gap (``skipped["damaged"]``: the
+        log was edited or damaged); both are listed in ``incomplete`` with what they paid, and
+        none is ever certified from the samples it has. Of several complete calls with the
+        same image, provider, model, denoiser, σ and method and budget (a rerun that reused
+        the log), only the earliest certificate is kept (``skipped["repeat"]``), so no image
+        counts twice and no rerun can replace a result; the queries all of them paid are
+        added to the row kept. A call found in two sources (a log and its export) is read
+        once (``skipped["duplicate"]``). Clean labels are the most frequent clean answer per
+        (image, provider, model version) over predict calls with noise_sd = 0 and clean
+        selections; a tie leaves the image without one. A call whose logged costs include
+        one that is not a valid price is named in ``invalid_cost_calls``, and every total
+        it belongs to is None (unknown) rather than a wrong number.
     """
     kept: dict[tuple, tuple[float, int, CertifiedImage]] = {}
     tsv_rows: list[CertifiedImage] = []
     clean_votes: dict[tuple, Counter] = {}
     skipped: Counter = Counter()
     seen_runs: set[str] = set()
-    spent = Counter()
+    out = Collected([], {}, skipped)
     order = 0
 
     def visit(name: str, summary: CallSummary, load: Callable[[str], CallLog]) -> None:
@@ -252,18 +313,23 @@ def collect(sources: Iterable[Source], alpha: Optional[float] = None) -> Collect
             skipped["duplicate"] += 1
             return
         seen_runs.add(header.run_id)
+        if summary.invalid_costs:
+            out.invalid_cost_calls.append(header.run_id)
         clean = summary.phase("clean")
         if clean.samples:
             clean_votes.setdefault((header.image_digest, header.provider, header.model_version), Counter()).update(
                 clean.votes)
         if header.kind != "certify":
-            spent["predict_queries"] += summary.paid
-            spent["predict_cost_usd"] += summary.cost_usd
+            out.predict_queries += summary.paid
+            out.predict_cost_usd = _add_cost(out.predict_cost_usd, summary.cost_usd)
             return
-        if summary.status != "complete":
-            skipped["incomplete"] += 1
-            spent["incomplete_queries"] += summary.paid
-            spent["incomplete_cost_usd"] += summary.cost_usd
+        if summary.status != "complete" or summary.missing:
+            # an interrupted call (a gap is honest there) or a damaged one: listed, never certified
+            # from the samples it happens to have
+            out.incomplete.append(_incomplete(summary, name))
+            skipped["incomplete" if summary.status != "complete" else "damaged"] += 1
+            out.incomplete_queries += summary.paid
+            out.incomplete_cost_usd = _add_cost(out.incomplete_cost_usd, summary.cost_usd)
             return
         row = _row_from_summary(summary, name, alpha, load)
         order += 1
@@ -275,7 +341,9 @@ def collect(sources: Iterable[Source], alpha: Optional[float] = None) -> Collect
             # (so rerunning until a certificate looks better changes nothing); all of them paid
             first = earlier if (earlier_created, earlier_order) <= (header.created, order) else row
             kept[key] = (min(earlier_created, header.created), min(earlier_order, order),
-                         replace(first, queries=earlier.queries + row.queries, cost_usd=earlier.cost_usd + row.cost_usd))
+                         replace(first, queries=earlier.queries + row.queries,
+                                 cost_usd=_add_cost(earlier.cost_usd, row.cost_usd),
+                                 invalid_costs=earlier.invalid_costs + row.invalid_costs))
             return
         kept[key] = (header.created, order, row)
 
@@ -293,9 +361,30 @@ def collect(sources: Iterable[Source], alpha: Optional[float] = None) -> Collect
             clean_labels[key] = top_label(votes)
     rows = [entry[2] for entry in sorted(kept.values(), key=lambda entry: entry[1])]
     rows = [replace(row, clean_label=clean_labels.get((row.image, row.provider, row.model_version))) for row in rows]
-    return Collected(rows + tsv_rows, clean_labels, skipped, int(spent["predict_queries"]),
-                     float(spent["predict_cost_usd"]), int(spent["incomplete_queries"]),
-                     float(spent["incomplete_cost_usd"]))
+    out.rows, out.clean_labels = rows + tsv_rows, clean_labels
+    return out
+
+
+_PHASE_ORDER = {"clean": 0, "selection": 1, "estimation": 2, "predict": 3}
+
+
+def _incomplete(summary: CallSummary, source: str) -> IncompleteCall:
+    header = summary.header
+    missing = summary.missing
+    if summary.status == "complete":
+        reason = (f"marked complete, yet {missing} sample(s) are missing: the log was edited or damaged; "
+                  "not certified")
+    else:
+        what = "is still running or was interrupted" if summary.status == "running" else f"ended {summary.status}"
+        gap = f", with {missing} sample(s) missing (batches in flight when it stopped)" if missing else ""
+        reason = f"the call {what}{gap}; not certified"
+    return IncompleteCall(
+        source=source, run_id=header.run_id, image=header.image_digest, provider=header.provider,
+        status=summary.status,
+        phases={name: (votes.samples, votes.missing)
+                for name, votes in sorted(summary.phases.items(), key=lambda item: _PHASE_ORDER.get(item[0], 9))},
+        queries=summary.paid, cost_usd=summary.cost_usd, reason=reason,
+    )
 
 
 def load_labels(path: Union[str, os.PathLike], label_column: Optional[str] = None) -> dict[str, str]:

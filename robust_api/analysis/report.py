@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import InvalidParameterError, MissingDependencyError
+from ..query_logs.records import MAX_LOGGED_COST_USD
 from .collect import CertifiedImage
 from .metrics import certified_accuracy_curve
 
@@ -39,7 +40,9 @@ class GroupSummary:
         abstention_rate: fraction of ``images`` that abstained.
         queries: queries paid for by the group's certify calls (None when unknown, e.g. TSV).
         samples: queries the methods used, paid or reused from the log (None when unknown).
-        cost_usd: what the paid queries cost at the logged prices (None when unknown).
+        cost_usd: what the paid queries cost at the logged prices (None when unknown: a TSV,
+            or ``invalid_costs`` > 0).
+        invalid_costs: logged records of the group whose cost is not a valid price.
     """
 
     key: dict
@@ -51,6 +54,7 @@ class GroupSummary:
     queries: Optional[int]
     samples: Optional[int]
     cost_usd: Optional[float]
+    invalid_costs: int = 0
 
     @property
     def queries_per_image(self) -> Optional[float]:
@@ -83,6 +87,7 @@ def summarize_group(key: dict, rows: Sequence[CertifiedImage], radii: Sequence[f
         abstention_rate=sum(row.abstained for row in rows) / len(rows),
         queries=_known_sum([row.queries for row in rows]), samples=_known_sum([row.samples for row in rows]),
         cost_usd=_known_sum([row.cost_usd for row in rows]),
+        invalid_costs=sum(row.invalid_costs for row in rows),
     )
 
 
@@ -98,6 +103,15 @@ def _percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.1f}"
 
 
+def _usd(value: Optional[float]) -> str:
+    """A dollar amount as text; None (a logged cost is not a valid price) is said in words."""
+    return "unknown" if value is None else f"{value:.2f}"
+
+
+#: Left-out calls listed one per line under the table (all of them are in ``report.incomplete``).
+LISTED_INCOMPLETE = 20
+
+
 @dataclass
 class AnalysisReport:
     """The result of :func:`robust_api.analyze`.
@@ -109,11 +123,16 @@ class AnalysisReport:
         by: the grouping fields.
         truth: "labels" or "clean"; ``truth_description`` says it in words.
         sources: what was read.
-        skipped: reason → calls left out ("incomplete", "repeat", "duplicate").
+        skipped: reason → calls left out ("incomplete", "damaged", "repeat", "duplicate").
         predict_queries, predict_cost_usd: queries (and dollars) of predict calls, such as the
             clean-label queries, which no group counts.
         incomplete_queries, incomplete_cost_usd: what the certify calls that did not complete
-            paid (no group counts them either).
+            (or have a gap) paid (no group counts them either).
+        incomplete: one :class:`~robust_api.analysis.collect.IncompleteCall` per certify call
+            left out as incomplete or damaged: its status, samples, gaps and what it paid.
+        invalid_cost_calls: run ids of calls whose log holds a cost that is not a valid price
+            (NaN, infinite, negative, not a number, above ``MAX_LOGGED_COST_USD``); every
+            dollar total they belong to is None ("unknown"), never a wrong number.
     """
 
     rows: list
@@ -125,9 +144,11 @@ class AnalysisReport:
     sources: list
     skipped: Counter = field(default_factory=Counter)
     predict_queries: int = 0
-    predict_cost_usd: float = 0.0
+    predict_cost_usd: Optional[float] = 0.0
     incomplete_queries: int = 0
-    incomplete_cost_usd: float = 0.0
+    incomplete_cost_usd: Optional[float] = 0.0
+    incomplete: list = field(default_factory=list)
+    invalid_cost_calls: list = field(default_factory=list)
 
     # -- text -------------------------------------------------------------------------------
     def _columns(self) -> list[str]:
@@ -142,7 +163,7 @@ class AnalysisReport:
             "-" if math.isnan(group.acr) else f"{group.acr:.3f}",
             f"{100 * group.abstention_rate:.1f}",
             "-" if per_image is None else f"{per_image:.1f}",
-            "-" if group.cost_usd is None else f"{group.cost_usd:.2f}",
+            "unknown" if group.invalid_costs else "-" if group.cost_usd is None else f"{group.cost_usd:.2f}",
         ]
 
     def notes(self) -> list[str]:
@@ -151,11 +172,24 @@ class AnalysisReport:
         unjudged = sum(group.images - group.with_truth for group in self.groups)
         if unjudged:
             lines.append(f"{unjudged} certified image(s) have no ground truth and are left out of the accuracies")
+        if self.skipped.get("damaged"):
+            lines.append(
+                f"WARNING: {self.skipped['damaged']} certify call(s) are marked complete but have missing samples: "
+                "the log was edited or damaged; they are left out, never certified from what remains"
+            )
         if self.skipped.get("incomplete"):
             lines.append(
-                f"{self.skipped['incomplete']} certify call(s) did not complete and are left out "
-                f"(they paid {self.incomplete_queries} queries, USD {self.incomplete_cost_usd:.2f})"
+                f"{self.skipped['incomplete']} certify call(s) did not complete (interrupted, failed or still "
+                "running) and are left out"
             )
+        if self.incomplete:
+            lines.append(
+                f"left-out calls paid {self.incomplete_queries} queries (USD {_usd(self.incomplete_cost_usd)}):"
+            )
+            lines.extend(f"  {call.describe()}" for call in self.incomplete[:LISTED_INCOMPLETE])
+            if len(self.incomplete) > LISTED_INCOMPLETE:
+                lines.append(f"  ... and {len(self.incomplete) - LISTED_INCOMPLETE} more (report.incomplete, "
+                             "or --format json, lists them all)")
         if self.skipped.get("repeat"):
             lines.append(
                 f"{self.skipped['repeat']} repeated call(s) on the same image and settings are left out "
@@ -166,7 +200,14 @@ class AnalysisReport:
         if self.predict_queries:
             lines.append(
                 f"predict calls (clean labels) paid {self.predict_queries} more queries "
-                f"(USD {self.predict_cost_usd:.2f})"
+                f"(USD {_usd(self.predict_cost_usd)})"
+            )
+        if self.invalid_cost_calls:
+            named = ", ".join(self.invalid_cost_calls[:5]) + (" ..." if len(self.invalid_cost_calls) > 5 else "")
+            lines.append(
+                f"USD unknown: {len(self.invalid_cost_calls)} call(s) log a per-query cost that is not a valid price "
+                f"(NaN, infinite, negative, not a number, or above USD {MAX_LOGGED_COST_USD:g}); their dollars "
+                f"are not added to any total: {named}"
             )
         return lines
 
@@ -186,13 +227,13 @@ class AnalysisReport:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow([*self.by, "images", "with_truth", *(f"acc@{r:g}" for r in self.radii), "acr",
-                         "abstention_rate", "queries", "samples", "cost_usd", "truth"])
+                         "abstention_rate", "queries", "samples", "cost_usd", "invalid_costs", "truth"])
         for group in self.groups:
             writer.writerow([
                 *("" if group.key[name] is None else group.key[name] for name in self.by),
                 group.images, group.with_truth, *(group.certified_accuracy[float(r)] for r in self.radii),
                 group.acr, group.abstention_rate, _blank(group.queries), _blank(group.samples),
-                _blank(group.cost_usd), self.truth,
+                _blank(group.cost_usd), group.invalid_costs, self.truth,
             ])
         text = out.getvalue()
         if path is not None:
@@ -201,8 +242,9 @@ class AnalysisReport:
         return text
 
     def to_json(self, rows: bool = False) -> dict:
-        """A JSON-able dict: truth, radii, sources, notes, groups (NaN → None); with ``rows=True``
-        also every certified image."""
+        """A JSON-able dict: truth, radii, sources, notes, groups, the left-out calls
+        (``incomplete``) and the calls with invalid costs (NaN → None, unknown dollars → None);
+        with ``rows=True`` also every certified image."""
         def clean(value: Any) -> Any:
             return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -211,7 +253,7 @@ class AnalysisReport:
                 "key": group.key, "images": group.images, "with_truth": group.with_truth,
                 "certified_accuracy": {f"{r:g}": clean(v) for r, v in group.certified_accuracy.items()},
                 "acr": clean(group.acr), "abstention_rate": group.abstention_rate, "queries": group.queries,
-                "samples": group.samples, "cost_usd": group.cost_usd,
+                "samples": group.samples, "cost_usd": group.cost_usd, "invalid_costs": group.invalid_costs,
             }
             for group in self.groups
         ]
@@ -220,7 +262,12 @@ class AnalysisReport:
             "by": list(self.by), "sources": list(self.sources), "skipped": dict(self.skipped),
             "predict_queries": self.predict_queries, "predict_cost_usd": self.predict_cost_usd,
             "incomplete_queries": self.incomplete_queries, "incomplete_cost_usd": self.incomplete_cost_usd,
-            "notes": self.notes(), "groups": groups,
+            "incomplete": [
+                {**call.__dict__, "phases": {name: {"samples": samples, "missing": missing}
+                                             for name, (samples, missing) in call.phases.items()}}
+                for call in self.incomplete
+            ],
+            "invalid_cost_calls": list(self.invalid_cost_calls), "notes": self.notes(), "groups": groups,
         }
         if rows:
             out["rows"] = [{**row.__dict__, "correct": row.correct} for row in self.rows]

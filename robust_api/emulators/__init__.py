@@ -40,9 +40,10 @@ kind            HTTP protocols                  gRPC protocols
 throttle        google 429 RESOURCE_EXHAUSTED,  google RESOURCE_EXHAUSTED; clarifai status 11005
                 aws 400 ThrottlingException,    CONN_THROTTLED (gRPC OK). Clarifai JSON: HTTP 429
                 azure 429, http 429             with status 11005. ``Retry-After`` when retry_after_s
-server_error    google 503, aws 500             google UNAVAILABLE; clarifai UNAVAILABLE (the
-                InternalServerError, azure 500  ClarifaiChannel retries it: 5 requests arrive).
-                InternalServerError, http 503   Clarifai JSON: HTTP 500, status 98004
+server_error    google 503, aws 500             google UNAVAILABLE; clarifai UNAVAILABLE (a
+                InternalServerError, azure 500  ClarifaiChannel retries it: 5 requests arrive;
+                InternalServerError, http 503   robust_api's adapter does not). Clarifai JSON:
+                                                HTTP 500, status 98004
 timeout         sleep ``hang_s``, then answer   same
 malformed       200 with truncated JSON         bytes that do not deserialize (client: INTERNAL)
 image_error     google: ``{"error": {"code": 14}}`` in that image's slot; clarifai: that output's
@@ -51,6 +52,8 @@ image_error     google: ``{"error": {"code": 14}}`` in that image's slot; clarif
 
 A request passes, in order: auth check, rate limit, the request-fault draw, the request limits
 (image count), then per image the image-fault draw, the image limits and the classifier.
+``stats.images_received`` counts the images of every request that reached the fault draw
+(faulted ones included): what the service would bill, for checking a client's budget.
 """
 
 from __future__ import annotations

@@ -77,6 +77,10 @@ class EmulatorStats:
         requests: requests received on a served route (every attempt of a client retry
             counts; auth failures, rate-limited and faulted requests included).
         images: images run through the classifier.
+        images_received: images carried by the requests that passed the auth check, the
+            emulated rate limit and parsing — every attempt of a client retry counts again,
+            faulted attempts included. This is what a real service would bill (less the
+            throttled ones): tests compare it with the client's budget.
         faults: :class:`collections.Counter` of injected faults by kind ("throttle",
             "server_error", "timeout", "malformed" per request; "image_error" per image).
         rate_limited: requests refused by the emulated ``rate_limit``.
@@ -88,12 +92,13 @@ class EmulatorStats:
     reads one key of a fresh snapshot.
     """
 
-    _KEYS = ("requests", "images", "faults", "rate_limited", "auth_failures", "rejected")
+    _KEYS = ("requests", "images", "images_received", "faults", "rate_limited", "auth_failures", "rejected")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._requests = 0
         self._images = 0
+        self._images_received = 0
         self._faults: Counter = Counter()
         self._rate_limited = 0
         self._auth_failures = 0
@@ -109,6 +114,11 @@ class EmulatorStats:
         """Count ``n`` classified images."""
         with self._lock:
             self._images += n
+
+    def add_images_received(self, n: int) -> None:
+        """Count ``n`` images carried by one request that reached the fault draw."""
+        with self._lock:
+            self._images_received += n
 
     def add_fault(self, kind: str, n: int = 1) -> None:
         """Count ``n`` injected faults of ``kind``."""
@@ -144,6 +154,12 @@ class EmulatorStats:
             return self._images
 
     @property
+    def images_received(self) -> int:
+        """Images carried by requests that reached the fault draw (see the class docstring)."""
+        with self._lock:
+            return self._images_received
+
+    @property
     def faults(self) -> Counter:
         """Injected faults by kind (a copy)."""
         with self._lock:
@@ -168,12 +184,14 @@ class EmulatorStats:
             return self._rejected
 
     def snapshot(self) -> dict[str, Any]:
-        """A consistent copy of every counter: ``{"requests": int, "images": int, "faults":
-        Counter, "rate_limited": int, "auth_failures": int, "rejected": int}``."""
+        """A consistent copy of every counter: ``{"requests": int, "images": int,
+        "images_received": int, "faults": Counter, "rate_limited": int, "auth_failures": int,
+        "rejected": int}``."""
         with self._lock:
             return {
                 "requests": self._requests,
                 "images": self._images,
+                "images_received": self._images_received,
                 "faults": Counter(self._faults),
                 "rate_limited": self._rate_limited,
                 "auth_failures": self._auth_failures,
@@ -183,7 +201,8 @@ class EmulatorStats:
     def reset(self) -> None:
         """Set every counter back to zero."""
         with self._lock:
-            self._requests = self._images = self._rate_limited = self._auth_failures = self._rejected = 0
+            self._requests = self._images = self._images_received = 0
+            self._rate_limited = self._auth_failures = self._rejected = 0
             self._faults = Counter()
 
     def __getitem__(self, key: str) -> Any:
@@ -669,8 +688,13 @@ class Runtime:
         self.stats.add_rate_limited()
         return False
 
-    def draw_request_fault(self) -> Optional[str]:
-        """The fault kind this request gets (counted in stats), or None."""
+    def draw_request_fault(self, images: int = 1) -> Optional[str]:
+        """The fault kind this request gets (counted in stats), or None.
+
+        Args:
+            images: how many images the request carries (counted in ``images_received``).
+        """
+        self.stats.add_images_received(images)
         if not self.config.request_rates:
             return None
         with self._rng_lock:

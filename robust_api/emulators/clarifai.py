@@ -71,7 +71,7 @@ class ClarifaiCore:
                                  "the emulator expects metadata ('authorization', 'Key <PAT>')", 401)
         if not runtime.admit():
             return self._throttled(f"exceeded limit of {runtime.config.rate_limit:g} requests per second")
-        fault = runtime.draw_request_fault()
+        fault = runtime.draw_request_fault(len(request.inputs))
         if fault == "throttle":
             return self._throttled("exceeded limit of 15 requests per second (emulated)")
         if fault == "server_error":

@@ -76,7 +76,7 @@ def make_app(runtime: Runtime):
         else:
             runtime.stats.add_rejected()
             return _error(415, f"unsupported Content-Type {content_type!r}; send image/* or application/json")
-        fault = runtime.draw_request_fault()
+        fault = runtime.draw_request_fault(len(blobs))
         if fault == "throttle":
             return _error(429, "too many requests (emulated)", runtime.retry_after_headers())
         if fault == "server_error":

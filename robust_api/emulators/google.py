@@ -54,7 +54,7 @@ class _Outcome:
 
 def _annotate(runtime: Runtime, items: list[_Item]) -> _Outcome:
     """The shared request pipeline after authentication and parsing."""
-    fault = runtime.draw_request_fault()
+    fault = runtime.draw_request_fault(len(items))
     if fault == "throttle":
         return _Outcome("throttle", "Quota exceeded for quota metric 'Requests' and limit 'Requests per minute' "
                                     "of service 'vision.googleapis.com' (emulated).")

@@ -8,8 +8,9 @@ One image per call. The stored raw response is Rekognition's answer without
 
 ``Confidence`` is a percentage; :meth:`RekognitionProvider.labels` divides it by 100.
 
-botocore's own retries are turned off (``total_max_attempts=1``): retries, backoff and rate
-limits belong to the dispatcher.
+botocore's own retries are turned off (``total_max_attempts=1`` in the client's Config,
+which ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS`` and ``~/.aws/config`` cannot override):
+every attempt on the wire is one the dispatcher made and counted against the budget.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from urllib.parse import urlsplit
 
 from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError
 from .base import QueryFailure
-from .cloud import CloudProvider, ImageLimits, Labels, is_ssl_error, retry_after_seconds, unit_score
+from .cloud import (
+    CloudProvider,
+    ImageLimits,
+    Labels,
+    host_port,
+    is_ssl_error,
+    retry_after_seconds,
+    unit_score,
+    url_secrets,
+)
 
 try:
     import boto3
@@ -171,7 +181,9 @@ class RekognitionProvider(CloudProvider):
         if self.endpoint is None and url and not (urlsplit(url).hostname or "").endswith(
             ("amazonaws.com", "amazonaws.com.cn")
         ):  # boto3's own AWS_ENDPOINT_URL_REKOGNITION / AWS_ENDPOINT_URL override
-            self.identity = f"{base}@{urlsplit(url).netloc or url}"
+            for secret in url_secrets(url):
+                self._add_secret(secret)
+            self.identity = f"{base}@{host_port(url)}"
         else:
             self.identity = self._identity(base)
         logger.debug("aws provider %s in %s", self.identity, self.region_name)

@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import MissingDependencyError, UnknownProviderError
+from ..images import DEFAULT_MAX_PIXELS
 
 __all__ = ["Provider", "QueryFailure", "register_provider", "known_providers", "create_provider", "provider_factory", "ENTRY_POINT_GROUP"]
 
@@ -83,6 +84,11 @@ class Provider(ABC):
             local models and callables, which may not be thread-safe).
         default_rate_limit: requests per second when ``RobustAPI(rate_limit=None)``; None
             means unlimited.
+        max_input_pixels: the most pixels (height × width) an input image may have, checked
+            (from a file's header) before the image is decoded; ``RobustAPI(max_pixels=)``
+            overrides it. Default 50 megapixels.
+        request_scratch_copies: memory one request in flight needs besides its images, in
+            float32 copies of one image (e.g. encoding buffers); counted by the memory budget.
 
     Failures: ``send`` raises :class:`~robust_api.errors.TransientProviderError` for a
     failure worth retrying (the whole batch is retried), puts a :class:`QueryFailure` in an
@@ -96,12 +102,16 @@ class Provider(ABC):
     cost_per_query_usd: float = 0.0
     default_concurrency: int = 1
     default_rate_limit: Optional[float] = None
+    max_input_pixels: Optional[int] = DEFAULT_MAX_PIXELS
+    request_scratch_copies: float = 0.0
 
     def check_image(self, image: np.ndarray) -> None:
         """Raise :class:`~robust_api.errors.InvalidImageError` if this provider cannot take the image.
 
         Args:
-            image: float32 [H, W, C] in [0, 1]. Called once per call, before any query.
+            image: float32 [H, W, C] in [0, 1], already within the pixel limit
+                (``max_input_pixels`` or the user's ``max_pixels``). Called once per call,
+                before any query or log write; must not send anything.
         """
 
     @abstractmethod

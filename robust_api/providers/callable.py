@@ -8,6 +8,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InvalidParameterError, ProviderResponseError
+from ..pricing import check_cost_per_query
+from ..validation import MAX_BATCH_SIZE, check_count
 from .base import Provider
 
 __all__ = ["CallableProvider"]
@@ -29,8 +31,10 @@ class CallableProvider(Provider):
         name: the identity written to the log (default ``"callable:<module>.<qualname>"``).
             Give a stable name when the function is a lambda or a closure and you want
             re-runs to resume from the log.
-        batch_size: the most images per call of ``fn`` (default 256).
-        cost_per_query_usd: price recorded per query (default 0).
+        batch_size: the most images per call of ``fn``, in [1, 65536] (default 256).
+        cost_per_query_usd: price recorded per query (default 0): finite, in [0, $1] unless
+            ``allow_high_cost=True`` (see :func:`robust_api.pricing.check_cost_per_query`).
+        allow_high_cost: accept a price above $1 per query.
         model_version: recorded in the log when given.
     """
 
@@ -42,6 +46,7 @@ class CallableProvider(Provider):
         batch_size: int = 256,
         cost_per_query_usd: float = 0.0,
         model_version: Optional[str] = None,
+        allow_high_cost: bool = False,
     ):
         if not callable(fn):
             raise InvalidParameterError(f"provider must be callable, got {type(fn).__name__}")
@@ -50,8 +55,9 @@ class CallableProvider(Provider):
         self.fn = fn
         self.label_fn = label_fn
         self.identity = name or f"callable:{_callable_name(fn)}"
-        self.max_batch_size = int(batch_size)
-        self.cost_per_query_usd = float(cost_per_query_usd)
+        self.max_batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE)
+        self.cost_per_query_usd = check_cost_per_query(cost_per_query_usd, allow_high_cost=allow_high_cost)
+        self.allow_high_cost = allow_high_cost
         self.model_version = model_version
 
     def send(self, images: np.ndarray) -> Sequence[Any]:

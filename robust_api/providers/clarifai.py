@@ -9,12 +9,16 @@ fields that matter::
      "model": {"id": "general-image-recognition", "model_version": {"id": "aa7f..."}}}
 
 Service errors are status codes in the answer, not exceptions; transport errors are
-``grpc.RpcError``. Clarifai's own gRPC channels carry a service-config retry policy (up to 5
-attempts on UNAVAILABLE, 0.01–5 s backoff) that cannot be switched off through
-``ClarifaiChannel``; it only covers UNAVAILABLE, and the dispatcher still sees the final
-failure. The JSON channel (``http(s)://`` endpoints) takes no per-call timeout, so this
-adapter mounts its own HTTP adapter on that channel's session with ``timeout_s`` and no
-connection retries.
+``grpc.RpcError``.
+
+No hidden retries: every attempt on the wire is one the dispatcher made and counted against
+the budget. ``ClarifaiChannel``'s gRPC channels carry a service-config retry policy (up to
+5 attempts on UNAVAILABLE, 0.01–5 s backoff) that would resend a batch the budget counted
+once, so this adapter builds its gRPC channel itself: same target, TLS and message limits,
+no service config, and ``grpc.enable_retries=0``; the stub calls ``PostModelOutputs`` on it
+directly. The JSON channel (``http(s)://`` endpoints) takes no per-call timeout and its
+session retries failed connections twice, so this adapter mounts its own HTTP adapter on
+that channel's session with ``timeout_s`` and ``max_retries=0``.
 """
 
 from __future__ import annotations
@@ -68,9 +72,27 @@ _CREDENTIALS_HELP = (
     "(Settings → Secrets), or pass pat="
 )
 
-# ClarifaiChannel.get_*_channel sets a module-global deserializer that V2Stub reads when
-# built: a channel and its stub are made together under this lock.
+# ClarifaiChannel.get_json_channel sets a module-global deserializer that V2Stub reads when
+# built: the JSON channel and its stub are made together under this lock.
 _STUB_LOCK = threading.Lock()
+
+_POST_MODEL_OUTPUTS = "/clarifai.api.V2/PostModelOutputs"
+_MAX_MESSAGE_BYTES = 1024 * 1024 * 1024  # ClarifaiChannel's own limit (1 GB)
+#: options of every gRPC channel this adapter opens: retries off (no service config is
+#: given, and ``grpc.enable_retries=0`` also ignores one a resolver might supply)
+GRPC_CHANNEL_OPTIONS = (
+    ("grpc.enable_retries", 0),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+)
+
+
+def _grpc_channel(target: str, secure: bool) -> "grpc.Channel":
+    """A gRPC channel to ``target`` ("host:port") with :data:`GRPC_CHANNEL_OPTIONS` (TLS with
+    the system's root certificates when ``secure``)."""
+    if secure:
+        return grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=list(GRPC_CHANNEL_OPTIONS))
+    return grpc.insecure_channel(target, options=list(GRPC_CHANNEL_OPTIONS))
 
 
 def _code_kind(code: int) -> Optional[str]:
@@ -200,36 +222,44 @@ class ClarifaiProvider(CloudProvider):
         self.identity = self._identity(base)
         self._json = False
         endpoint = self.endpoint
-        with _STUB_LOCK:
-            if not endpoint:
-                channel = ClarifaiChannel.get_grpc_channel()
-            else:
-                parts = urlsplit(endpoint if "://" in endpoint else f"grpcs://{endpoint}")
-                scheme = parts.scheme.lower()
-                if scheme in ("http", "https"):
+        if not endpoint:
+            # the public endpoint, as ClarifaiChannel.get_grpc_channel() chooses it
+            channel = _grpc_channel(os.environ.get("CLARIFAI_GRPC_BASE", "").strip() or "api.clarifai.com", True)
+        else:
+            parts = urlsplit(endpoint if "://" in endpoint else f"grpcs://{endpoint}")
+            scheme = parts.scheme.lower()
+            if scheme in ("http", "https"):
+                with _STUB_LOCK:
                     channel = ClarifaiChannel.get_json_channel(base_url=endpoint.rstrip("/"))
-                    adapter = _TimeoutAdapter(self.timeout_s, max_retries=0, pool_connections=32, pool_maxsize=32)
-                    channel.session.mount("http://", adapter)
-                    channel.session.mount("https://", adapter)
-                    self._json = True
-                elif scheme in ("grpc", "grpcs"):
-                    try:
-                        host, port = parts.hostname, parts.port
-                    except ValueError as exc:  # a port that is not a number
-                        raise InvalidParameterError(self.redact(f"clarifai endpoint {endpoint!r}: {exc}")) from None
-                    if not host:
-                        raise InvalidParameterError(self.redact(f"clarifai endpoint has no host: {endpoint!r}"))
-                    # an IPv6 address goes in brackets in a gRPC target ("[::1]:18080")
-                    base = f"[{host}]" if ":" in host else host
-                    if scheme == "grpc":
-                        channel = ClarifaiChannel.get_insecure_grpc_channel(base=base, port=port or 18080)
-                    else:
-                        channel = ClarifaiChannel.get_grpc_channel(base=f"{base}:{port or 443}")
+                    self._stub = service_pb2_grpc.V2Stub(channel)
+                # replaces the session's HTTPAdapter(max_retries=2): no connection retries
+                adapter = _TimeoutAdapter(self.timeout_s, max_retries=0, pool_connections=32, pool_maxsize=32)
+                channel.session.mount("http://", adapter)
+                channel.session.mount("https://", adapter)
+                self._json = True
+            elif scheme in ("grpc", "grpcs"):
+                try:
+                    host, port = parts.hostname, parts.port
+                except ValueError as exc:  # a port that is not a number
+                    raise InvalidParameterError(self.redact(f"clarifai endpoint {endpoint!r}: {exc}")) from None
+                if not host:
+                    raise InvalidParameterError(self.redact(f"clarifai endpoint has no host: {endpoint!r}"))
+                # an IPv6 address goes in brackets in a gRPC target ("[::1]:18080")
+                base = f"[{host}]" if ":" in host else host
+                if scheme == "grpc":
+                    channel = _grpc_channel(f"{base}:{port or 18080}", False)
                 else:
-                    raise InvalidParameterError(self.redact(
-                        f"clarifai endpoint must start with grpc://, grpcs://, http:// or https://, got {endpoint!r}"
-                    ))
-            self._stub = service_pb2_grpc.V2Stub(channel)
+                    channel = _grpc_channel(f"{base}:{port or 443}", True)
+            else:
+                raise InvalidParameterError(self.redact(
+                    f"clarifai endpoint must start with grpc://, grpcs://, http:// or https://, got {endpoint!r}"
+                ))
+        if not self._json:
+            self._post_model_outputs = channel.unary_unary(
+                _POST_MODEL_OUTPUTS,
+                request_serializer=service_pb2.PostModelOutputsRequest.SerializeToString,
+                response_deserializer=service_pb2.MultiOutputResponse.FromString,
+            )
         self._channel = channel
         logger.debug("clarifai provider %s (%s channel)", self.identity, "json" if self._json else "gRPC")
 
@@ -256,7 +286,7 @@ class ClarifaiProvider(CloudProvider):
             if self._json:
                 response = self._stub.PostModelOutputs(request, metadata=self._metadata)
             else:
-                response = self._stub.PostModelOutputs(request, metadata=self._metadata, timeout=self.timeout_s)
+                response = self._post_model_outputs(request, metadata=self._metadata, timeout=self.timeout_s)
         except grpc.RpcError as exc:
             raise self._rpc_error(exc) from None
         except ApiError as exc:

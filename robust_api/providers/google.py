@@ -7,8 +7,13 @@ stored raw response of an image is Google's own JSON shape::
 
 (an empty list is a valid answer and gives :data:`~robust_api.providers.cloud.NO_LABEL`).
 
-The client's built-in retry is turned off (``retry=None`` and ``timeout=timeout_s`` on every
-call): retries, backoff and rate limits belong to the dispatcher.
+No hidden retries: every attempt on the wire is one the dispatcher made and counted against
+the budget. The client's built-in retry (up to 600 s on UNAVAILABLE / DEADLINE_EXCEEDED) is
+turned off with ``retry=None`` and an explicit ``timeout=timeout_s`` on every call, and every
+gRPC channel this adapter opens carries ``grpc.enable_retries=0`` (no channel-level retry
+policy, whatever service config a resolver supplies). The REST transport's session has no
+retrying HTTP adapter; google-auth's only resend is after an HTTP 401 (refresh the OAuth
+token, send again): a request refused for its credentials, not an annotation.
 """
 
 from __future__ import annotations
@@ -62,6 +67,26 @@ _CREDENTIALS_HELP = (
     "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, set GOOGLE_API_KEY to an API key, "
     "run `gcloud auth application-default login`, or pass credentials= / api_key="
 )
+
+
+#: options of every gRPC channel this adapter opens: channel-level retries off, and no
+#: message size limit (the transport's own choice, -1; the service enforces its limits)
+GRPC_CHANNEL_OPTIONS = (
+    ("grpc.enable_retries", 0),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+)
+
+
+class _NoRetryGrpcTransport(ImageAnnotatorGrpcTransport):
+    """The gRPC transport whose own channel (TLS, credentials) also gets
+    :data:`GRPC_CHANNEL_OPTIONS`."""
+
+    @classmethod
+    def create_channel(cls, *args: Any, **kwargs: Any):
+        options = dict(kwargs.pop("options", None) or ())
+        options.update(GRPC_CHANNEL_OPTIONS)
+        return super().create_channel(*args, options=list(options.items()), **kwargs)
 
 
 class _ApiKeyInterceptor(grpc.UnaryUnaryClientInterceptor):
@@ -180,19 +205,21 @@ class GoogleVisionProvider(CloudProvider):
                 credentials = self._default_credentials()
 
         if transport == "grpc" and insecure:
-            channel = grpc.insecure_channel(hostport)
+            channel = grpc.insecure_channel(hostport, options=list(GRPC_CHANNEL_OPTIONS))
             if api_key is not None and credentials is None:
                 channel = grpc.intercept_channel(channel, _ApiKeyInterceptor(api_key))
             self._client = vision.ImageAnnotatorClient(transport=ImageAnnotatorGrpcTransport(channel=channel))
         else:
             if transport == "rest":
                 api_endpoint = f"{'http' if insecure else 'https'}://{hostport}"
+                transport_init: Any = "rest"
             else:
                 api_endpoint = hostport
+                transport_init = _NoRetryGrpcTransport
             options = ClientOptions(api_endpoint=api_endpoint, api_key=None if credentials is not None else api_key)
             try:
                 self._client = vision.ImageAnnotatorClient(
-                    credentials=credentials, transport=transport, client_options=options
+                    credentials=credentials, transport=transport_init, client_options=options
                 )
             except google.auth.exceptions.DefaultCredentialsError as exc:
                 raise CredentialsError(self.redact(f"google: no usable credentials ({exc}); {_CREDENTIALS_HELP}")) from None

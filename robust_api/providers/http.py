@@ -21,18 +21,26 @@ so :meth:`HTTPProvider.labels` is pure and reads the stored record alone.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
-from urllib.parse import unquote, unquote_plus, urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..errors import CredentialsError, InvalidParameterError, MissingDependencyError, ProviderError, ProviderResponseError
 from .base import QueryFailure
-from .cloud import CloudProvider, ImageLimits, Labels, retry_after_seconds, unit_score
+from .cloud import (
+    SECRET_NAME,
+    CloudProvider,
+    ImageLimits,
+    Labels,
+    query_digest,
+    retry_after_seconds,
+    split_path_secrets,
+    unit_score,
+)
 
 try:
     import requests
@@ -48,8 +56,8 @@ logger = logging.getLogger(__name__)
 
 BODIES = ("raw", "json")
 
-#: query parameters whose values are secrets (masked in messages and logs, left out of the identity)
-_SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|auth|credential|signature|^sig$|^code$", re.IGNORECASE)
+#: a declared secret in the URL: ``{env:VAR}`` is replaced by environment variable VAR
+_ENV_PLACEHOLDER = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 #: client errors that refuse one image (for one-image requests); any other 4xx is fatal
 _IMAGE_STATUSES = {400, 413, 422}
@@ -61,34 +69,6 @@ _FATAL_HINTS = {
     411: "length required",
     415: "unsupported media type: the server does not take {content_type}; try body='{other}'",
 }
-
-
-def _url_query_secrets(query: str) -> list[str]:
-    """Values (raw and decoded) of the secret-looking parameters of a URL query."""
-    secrets = []
-    for piece in re.split(r"[&;]", query):
-        name, _, value = piece.partition("=")
-        if value and _SECRET_PARAM.search(unquote_plus(name)):
-            secrets.extend({value, unquote_plus(value), unquote(value)})
-    return secrets
-
-
-def _query_digest(query: str) -> str:
-    """A short sha256 of a URL query with the values of secret-looking parameters left out
-    ("" for an empty query or one made of such parameters only)."""
-    kept, public = [], False
-    for piece in re.split(r"[&;]", query):
-        if not piece:
-            continue
-        name, _, value = piece.partition("=")
-        if _SECRET_PARAM.search(unquote_plus(name)):
-            kept.append(name)  # the parameter's presence, not its value
-        else:
-            kept.append(f"{name}={value}")
-            public = True
-    if not public:
-        return ""
-    return hashlib.sha256("&".join(kept).encode("utf-8")).hexdigest()[:12]
 
 
 def normalize_answer(answer: Any, label_key: str = "label", score_key: str = "score") -> Labels:
@@ -152,17 +132,39 @@ class HTTPProvider(CloudProvider):
         batch_size: images per request for ``body="json"`` (default 1; must be 1 for raw).
         name: a name for the identity (``http:<name>``; the caller vouches that everything
             sent to that name is one model); default: ``http:<scheme://host:port/path>``, plus
-            ``?<sha256 of the query>[:12]`` when the URL has a query (values of key / token /
-            secret parameters are left out of the digest and masked in every message).
+            ``?<sha256 of the query>[:12]`` when the URL has a query. See "Credentials in the
+            URL" below for what the default identity leaves out.
         **kwargs: :class:`~robust_api.providers.cloud.CloudProvider` options (``timeout_s`` = 30,
             ``label_fn``, ``resize``, ``cost_per_query_usd`` = 0, ``max_labels`` — not sent).
+
+    Credentials in the URL never reach the identity, the log, a message or ``repr()``:
+
+    - the userinfo (``https://user:password@host/``) is left out of the identity, and the
+      password (the user name too when there is no password) is masked everywhere;
+    - values of secret-named query parameters (key, token, secret, password, auth,
+      signature, ...) are left out of the query digest and masked everywhere;
+    - ``{env:VAR}`` anywhere in the URL is a declared secret: it is replaced by environment
+      variable VAR (percent-encoded; unset → CredentialsError), the identity keeps the
+      placeholder text, and the value is masked everywhere;
+    - a path segment after one that names a credential (``/token/<x>``, ``/api_key/<x>``,
+      ``/secret/<x>`` ...) and the value of a secret-named ``;name=value`` path parameter
+      are ``***`` in the identity and masked everywhere;
+    - a path segment shaped like a generated credential (a piece of 16+ letters and
+      digits, e.g. ``/v1/sk9f8e7d6c5b4a3210/classify``) is masked everywhere too, but it may
+      also be a model or version id that tells two models apart, so without ``name=`` such a
+      URL is refused (InvalidParameterError) rather than given an identity that drops it:
+      pass ``name=``, or declare the segment as ``{env:VAR}``.
+
+    Header values (``headers=``) whose name looks secret (Authorization, X-API-Key, Cookie,
+    ...) and every ``env:`` header value are masked everywhere as well.
 
     Defaults: 32 requests in flight, no rate limit, images up to 50 MB (a guard; the server's
     own limit applies — TorchServe's default ``max_request_size`` is 6.5 MB).
 
     Raises:
-        InvalidParameterError: no URL or a bad option. CredentialsError: a named environment
-            variable is unset (here, before any query).
+        InvalidParameterError: no URL, a bad option, or a token-shaped path segment without
+            ``name=``. CredentialsError: a named environment variable (``bearer_token_env``,
+            an ``env:`` header, an ``{env:VAR}`` in the URL) is unset (here, before any query).
     """
 
     name = "http"
@@ -191,7 +193,7 @@ class HTTPProvider(CloudProvider):
     ):
         if url is not None:
             if not isinstance(url, str) or not url.strip():
-                raise InvalidParameterError(f"url must be an http(s) URL string, got {url!r}")
+                raise InvalidParameterError(f"url must be an http(s) URL string, got {type(url).__name__}")
             if kwargs.get("endpoint") not in (None, url):
                 raise InvalidParameterError("pass the URL once: url= or endpoint=, not both")
             kwargs["endpoint"] = url
@@ -201,9 +203,9 @@ class HTTPProvider(CloudProvider):
                 "the http provider needs the model server's URL: pass url='http://host:port/path' "
                 "(or endpoint=) or set ROBUST_API_HTTP_URL"
             )
-        self._add_url_secrets(self.endpoint)  # before any message can echo the URL
+        template = self.endpoint  # secrets already registered (CloudProvider), placeholders unexpanded
         try:
-            parts = urlsplit(self.endpoint)
+            parts = urlsplit(template)
             hostname, port_number = parts.hostname, parts.port
         except ValueError as exc:  # bad brackets or port
             raise InvalidParameterError(self.redact(f"url {self.endpoint!r} is not a valid URL ({exc})")) from None
@@ -229,27 +231,39 @@ class HTTPProvider(CloudProvider):
         self.max_batch_size = batch_size
         self.labels_at = labels_at if labels_at is not None else ("predictions" if body == "json" else "")
         self.label_key, self.score_key = label_key, score_key
+        path = split_path_secrets(parts.path)
+        if path.token_shaped and name is None:
+            raise InvalidParameterError(self.redact(
+                f"the path of url {template!r} has a segment shaped like a credential (16+ letters and "
+                "digits); the log must not store it, and an identity without it could mix up two models "
+                "whose URLs differ only there. Pass name='<model name>' to name the model in the log, or "
+                "write that segment as {env:VAR} and put its value in environment variable VAR"
+            ))
         self._headers = self._resolve_headers(headers, bearer_token_env)
-        self.url = self.endpoint
+        self.url = self._expand(template)
         port = f":{port_number}" if port_number else ""
         host = f"[{hostname}]" if ":" in hostname else hostname
-        digest = _query_digest(parts.query)
+        digest = query_digest(parts.query)
         query = f"?{digest}" if digest else ""
-        self.identity = f"http:{name}" if name else f"http:{parts.scheme}://{host}{port}{parts.path}{query}"
+        self.identity = f"http:{name}" if name else f"http:{parts.scheme}://{host}{port}{path.public}{query}"
         self._local = threading.local()
         logger.debug("http provider %s (%s body)", self.identity, body)
 
-    def _add_url_secrets(self, url: str) -> None:
-        """Register the URL's password and secret-looking query values (raw and decoded)."""
-        netloc = url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-        userinfo, at, _ = netloc.rpartition("@")
-        if at and ":" in userinfo:
-            password = userinfo.split(":", 1)[1]
-            for value in {password, unquote(password)}:
-                self._add_secret(value)
-        query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
-        for value in _url_query_secrets(query):
-            self._add_secret(value)
+    def _expand(self, template: str) -> str:
+        """``template`` with each ``{env:VAR}`` replaced by VAR's value, percent-encoded (each
+        value is registered as a secret first)."""
+
+        def value(match: "re.Match[str]") -> str:
+            variable = match.group(1)
+            secret = os.environ.get(variable, "")
+            if not secret:
+                raise CredentialsError(f"http: the url reads {{env:{variable}}} from environment variable {variable}, which is unset")
+            encoded = quote(secret, safe="")
+            self._add_secret(secret)
+            self._add_secret(encoded)
+            return encoded
+
+        return _ENV_PLACEHOLDER.sub(value, template)
 
     def _resolve_headers(self, headers: Optional[Mapping[str, str]], bearer_token_env: Optional[str]) -> dict[str, str]:
         resolved: dict[str, str] = {}
@@ -265,6 +279,11 @@ class HTTPProvider(CloudProvider):
                     raise CredentialsError(f"http: header {key!r} is read from environment variable {variable}, which is unset")
                 self._add_secret(secret)
                 value = secret
+            elif SECRET_NAME.search(key):  # a literal credential (Authorization, X-API-Key, Cookie ...)
+                self._add_secret(value)
+                scheme, _, credential = value.partition(" ")
+                if credential and scheme.lower() in ("bearer", "basic", "key", "token", "apikey"):
+                    self._add_secret(credential)
             resolved[key] = value
         if bearer_token_env is not None:
             if not isinstance(bearer_token_env, str) or not bearer_token_env:
@@ -283,6 +302,10 @@ class HTTPProvider(CloudProvider):
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
+            # no urllib3 Retry: every attempt on the wire is one the dispatcher counted
+            adapter = requests.adapters.HTTPAdapter(max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             session.headers.update(self._headers)
             self._local.session = session
         return session

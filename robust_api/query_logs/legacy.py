@@ -31,6 +31,7 @@ import os
 import pickle
 import pickletools
 import re
+import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import (
-    InvalidParameterError, LogIntegrityError, LogMismatchError, NotAQueryLogError, ProviderResponseError,
+    InvalidParameterError, LogAccessError, LogIntegrityError, LogMismatchError, NotAQueryLogError, ProviderResponseError,
     UnsafePickleError,
 )
 from ..pricing import price_per_query
@@ -53,6 +54,8 @@ __all__ = [
     "LEGACY_NO_LABEL",
     "LEGACY_SOURCE",
     "MAX_PICKLE_BYTES",
+    "MAX_PICKLE_OPCODES",
+    "MAX_TSV_BYTES",
     "LegacyTSVRow",
     "RestrictedUnpickler",
     "import_legacy",
@@ -76,8 +79,27 @@ LEGACY_NO_LABEL = "None"
 #: Largest pickle :func:`load_legacy_pickle` reads (512 MiB); one image's log is ~100 KB.
 MAX_PICKLE_BYTES = 512 * 2**20
 
+#: Most opcodes one pickle may hold (each builds or moves at most one value); one image's log
+#: of 120 answers holds ~10,000, and 5,000,000 bound the time a file can take to a few seconds.
+MAX_PICKLE_OPCODES = 5_000_000
+
+#: Largest predecessor TSV (``log.txt``) :func:`read_legacy_tsv` reads (256 MiB).
+MAX_TSV_BYTES = 256 * 2**20
+
 _MAX_DEPTH = 100
 _MIN_NODE_CAP = 1_000_000
+#: Keys of one dict that may share a hash value. Distinct honest keys practically never do
+#: (ints -1 and -2 are the classic pair); a pickle built for hash collisions (ints
+#: k·(2⁶¹ − 1), floats 2.0**(61·k) all hash alike on 64-bit CPython) needs thousands, and
+#: inserting them would take quadratic time.
+_MAX_SAME_HASH = 8
+_MAX_DICT_KEYS = 100_000
+#: Dict keys a plain-data pickle may use: scalars only (a tuple key is hashed recursively,
+#: and a deeply nested one would overflow the C stack).
+_KEY_TYPES = (str, int, float, bool, type(None))
+#: Largest integer, in bytes (LONG4), the unpickler decodes: 1024 bits. Bigger ones cannot be
+#: printed (Python refuses int → str beyond 4300 digits) and no API answer holds one.
+_MAX_INT_BYTES = 128
 _FILE_PATTERN = re.compile(r"^pred_hist_(\d+)\.pkl$")
 _EXPECTED_KEYS = ("ground_truth", "pred")
 
@@ -99,8 +121,24 @@ def _describe_args(args: tuple) -> str:
     return "(" + ", ".join(type(a).__name__ for a in args) + ")"
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds plain data and nothing else.
+_OPCODE_NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
+
+
+class _Dispatch(dict):
+    """The opcode table of one RestrictedUnpickler: an opcode left out of it is refused by name."""
+
+    def __init__(self, table: dict, refuse: Callable[[str], Exception]):
+        super().__init__(table)
+        self._refuse = refuse
+
+    def __missing__(self, code: int):
+        if code not in _OPCODE_NAMES:
+            raise pickle.UnpicklingError(f"invalid load key {code:#x}: not a pickle opcode")
+        raise self._refuse(f"it uses the opcode {_OPCODE_NAMES[code]}, which plain data never needs")
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler: every opcode goes through this class
+    """An unpickler that builds plain data and nothing else, with bounded work.
 
     Admitted globals: ``dict``, ``list``, ``tuple``, ``str``, ``bytes``, ``int``, ``float``,
     ``bool`` (module ``builtins``, or ``__builtin__`` as protocols 0–2 write it),
@@ -113,20 +151,34 @@ class RestrictedUnpickler(pickle.Unpickler):
     :class:`UnsafePickleError` when the pickle names it, i.e. before it could be called.
     :func:`load_legacy_pickle` also scans the opcodes first and refuses those plain data never
     uses (BUILD, INST, OBJ, NEWOBJ, the EXT codes of copyreg's registry, which would bypass
-    ``find_class``, persistent ids, out-of-band buffers).
+    ``find_class``, persistent ids, out-of-band buffers, sets).
+
+    The work is bounded whatever the file holds. It is Python's pure-Python unpickler with
+    an opcode table of the plain-data opcodes only (any other raises UnsafePickleError), at
+    most ``max_opcodes`` opcodes, a memo that is a dict (a PUT at index 2³¹ costs one entry,
+    where the C unpickler would allocate gigabytes), integers of at most 1024 bits, and dicts
+    built only from scalar keys (str, int, float, bool, None) with at most 8 keys sharing a
+    hash value and 100,000 keys in all: a pickle built for hash collisions, whose insertion
+    would take quadratic time, is refused at its 9th colliding key.
 
     Args:
         file: a binary file object positioned at the pickle.
         path: the file's name, for messages.
         encode_budget: bytes ``_codecs.encode`` and items the container types may build in total.
+        max_opcodes: the most opcodes executed (default ``MAX_PICKLE_OPCODES``).
     """
 
-    def __init__(self, file: io.BufferedIOBase, path: PathLike = "<pickle>", encode_budget: int = 64 * 2**20):
+    def __init__(self, file: io.BufferedIOBase, path: PathLike = "<pickle>", encode_budget: int = 64 * 2**20,
+                 max_opcodes: int = MAX_PICKLE_OPCODES):
         # Python 2 pickles: 8-bit str is decoded as UTF-8 (what API responses were)
         super().__init__(file, fix_imports=False, encoding="utf-8", errors="strict")
         self._path = os.fspath(path)
         self._encode_budget = encode_budget  # bytes _codecs.encode may build in total (no amplification)
         self._copy_budget = encode_budget  # items the container types may copy in total
+        self._opcodes_left = max_opcodes
+        self._max_opcodes = max_opcodes
+        self._key_hashes: dict[int, tuple[dict, dict]] = {}  # id(dict) -> (the dict, {hash: keys with it})
+        self.dispatch = self._plain_data_dispatch()
         self._allowed: dict[tuple[str, str], Callable[..., Any]] = {
             ("builtins", "dict"): self._typed("builtins.dict", dict),
             ("builtins", "list"): self._typed("builtins.list", list),
@@ -147,6 +199,109 @@ class RestrictedUnpickler(pickle.Unpickler):
             "re-save the responses as such plain data (or as JSON)."
         )
 
+    # -- the opcode table ---------------------------------------------------------------
+    def _plain_data_dispatch(self) -> "_Dispatch":
+        """Python's opcode table restricted to plain data, each opcode counted; the ones that
+        insert dict keys or decode long integers replaced by checked versions."""
+        replaced = {
+            "DICT": RestrictedUnpickler._load_dict,
+            "SETITEM": RestrictedUnpickler._load_setitem,
+            "SETITEMS": RestrictedUnpickler._load_setitems,
+            "LONG4": RestrictedUnpickler._load_long4,
+        }
+        table = {}
+        for code, load in pickle._Unpickler.dispatch.items():
+            name = _OPCODE_NAMES.get(code)
+            if name is None or name in _OBJECT_OPCODES or name in _SET_OPCODES:
+                continue
+            table[code] = self._counted(replaced.get(name, load))
+        return _Dispatch(table, self._refuse)
+
+    def _counted(self, load: Callable[[Any], None]) -> Callable[[Any], None]:
+        def step(unpickler: Any) -> None:
+            self._opcodes_left -= 1
+            if self._opcodes_left < 0:
+                raise NotAQueryLogError(
+                    f"{self._path}: not a predecessor query log: it holds more than {self._max_opcodes:,} pickle "
+                    "opcodes (one image's log holds about 10,000); is it the right file?"
+                )
+            load(unpickler)
+
+        return step
+
+    def _admit_keys(self, target: Any, keys: Sequence[Any]) -> None:
+        """Check ``keys`` before they go into ``target`` (a dict being built): scalar types,
+        at most ``_MAX_SAME_HASH`` per hash value, ``_MAX_DICT_KEYS`` in all."""
+        if type(target) not in (dict, OrderedDict):
+            return  # the assignment fails (or indexes a list) as plain Python would
+        seen = self._key_hashes.get(id(target))
+        if seen is None or seen[0] is not target:
+            # holding the dict keeps its id unique while this load runs
+            seen = self._key_hashes[id(target)] = (target, {})
+        counts = seen[1]
+        for key in keys:
+            if type(key) not in _KEY_TYPES:
+                raise self._refuse(
+                    f"a dict key is a {type(key).__name__}; plain data here keys its dicts with str, int, float, bool "
+                    "or None"
+                )
+            value = hash(key)
+            counts[value] = counts.get(value, 0) + 1
+            if counts[value] > _MAX_SAME_HASH:
+                raise self._refuse(
+                    f"more than {_MAX_SAME_HASH} keys of one dict share the hash value {value} (a pickle built for hash "
+                    "collisions: inserting them would take quadratic time)"
+                )
+        if len(target) + len(keys) > _MAX_DICT_KEYS:
+            raise self._refuse(f"a dict gets more than {_MAX_DICT_KEYS:,} keys (an API answer holds a few dozen)")
+
+    @staticmethod
+    def _pairs(items: list) -> list:
+        if len(items) % 2:
+            raise pickle.UnpicklingError("a dict opcode with an odd number of keys and values")
+        return items
+
+    def _load_dict(self) -> None:
+        items = self._pairs(self.pop_mark())
+        built: dict = {}
+        self._admit_keys(built, items[0::2])
+        for position in range(0, len(items), 2):
+            built[items[position]] = items[position + 1]
+        self.append(built)
+
+    def _load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        target = self.stack[-1]
+        self._admit_keys(target, (key,))
+        target[key] = value
+
+    def _load_setitems(self) -> None:
+        items = self._pairs(self.pop_mark())
+        target = self.stack[-1]
+        self._admit_keys(target, items[0::2])
+        for position in range(0, len(items), 2):
+            target[items[position]] = items[position + 1]
+
+    def _load_long4(self) -> None:
+        header = self.read(4)
+        size = int.from_bytes(header, "little", signed=True)
+        if len(header) != 4 or size < 0:
+            raise pickle.UnpicklingError("LONG4 with a truncated or negative byte count")
+        if size > _MAX_INT_BYTES:
+            raise self._refuse(f"it holds an integer of {size:,} bytes (at most {_MAX_INT_BYTES} are read)")
+        data = self.read(size)
+        if len(data) != size:
+            raise pickle.UnpicklingError("LONG4 cut short")
+        self.append(int.from_bytes(data, "little", signed=True))
+
+    def load(self) -> Any:
+        """The unpickled plain data (see the class docstring for what is refused)."""
+        try:
+            return super().load()
+        finally:
+            self._key_hashes.clear()
+
     def _typed(self, name: str, factory: type) -> Callable[..., Any]:
         def build(*args: Any, **kwargs: Any) -> Any:
             # plain data calls these with no argument (Python 3: OrderedDict() then SETITEMS, bytes()
@@ -164,6 +319,15 @@ class RestrictedUnpickler(pickle.Unpickler):
             self._copy_budget -= len(args[0])
             if self._copy_budget < 0:
                 raise self._refuse("it copies more items than the file could hold (one list copied over and over)")
+            if factory is dict or factory is OrderedDict:  # [[key, value], ...]: the keys are checked first
+                built = factory()
+                pairs = args[0]
+                if not all(type(pair) in (list, tuple) and len(pair) == 2 for pair in pairs):
+                    raise self._refuse(f"it calls {name} with items that are not [key, value] pairs")
+                self._admit_keys(built, [pair[0] for pair in pairs])
+                for key, value in pairs:
+                    built[key] = value
+                return built
             return factory(args[0])
 
         build.__qualname__ = build.__name__ = f"restricted_{name}"
@@ -255,6 +419,13 @@ _OBJECT_OPCODES = frozenset({
     "NEXT_BUFFER", "READONLY_BUFFER",
 })
 
+#: Opcodes that build sets (protocol 4+): never plain data here, and a set built from
+#: colliding keys would take quadratic time before anything could look at it.
+_SET_OPCODES = frozenset({"EMPTY_SET", "ADDITEMS", "FROZENSET"})
+
+#: Opcodes that store into the memo at an index the pickle chooses.
+_PUT_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
 
 def _unreadable(path: Path, exc: Exception) -> NotAQueryLogError:
     return NotAQueryLogError(
@@ -263,14 +434,31 @@ def _unreadable(path: Path, exc: Exception) -> NotAQueryLogError:
     )
 
 
-def _refuse_object_opcodes(blob: bytes, path: Path) -> None:
-    """Scan the opcodes (nothing is built or called): refuse an unreadable stream, and one using
-    an opcode plain data never needs."""
-    forbidden = None
+def _refuse_object_opcodes(blob: bytes, path: Path, max_opcodes: int = MAX_PICKLE_OPCODES) -> int:
+    """Scan the opcodes (nothing is built or called): refuse an unreadable stream, one using an
+    opcode plain data never needs, one building a set, one storing into the memo far beyond
+    its values, and one of more than ``max_opcodes`` opcodes. Returns the number of opcodes."""
+    forbidden = unsafe = not_plain = None
+    count = 0
     try:
-        for opcode, _, position in pickletools.genops(blob):
-            if opcode.name in _OBJECT_OPCODES and forbidden is None:
-                forbidden = (opcode.name, position)
+        for opcode, argument, position in pickletools.genops(blob):
+            count += 1
+            if count > max_opcodes:
+                raise NotAQueryLogError(
+                    f"{path}: not a predecessor query log: it holds more than {max_opcodes:,} pickle opcodes (one image's "
+                    "log holds about 10,000); is it the right file?"
+                )
+            name = opcode.name
+            if name in _OBJECT_OPCODES and forbidden is None:
+                forbidden = (name, position)
+            elif name in _SET_OPCODES and not_plain is None:
+                not_plain = f"it holds a set (opcode {name} at byte {position}), which is not plain data"
+            elif name in _PUT_OPCODES and unsafe is None and argument > count:
+                # honest pickles number their memo entries 0, 1, 2 ...: an index past the values
+                # read so far only serves to make the C unpickler allocate a memo that large
+                unsafe = f"it stores memo entry {argument:,} after {count:,} opcodes (a memo index built to exhaust memory)"
+    except NotAQueryLogError:
+        raise
     except Exception as exc:  # truncated, garbled, or not a pickle at all
         raise _unreadable(path, exc) from None
     if forbidden is not None:
@@ -278,6 +466,11 @@ def _refuse_object_opcodes(blob: bytes, path: Path) -> None:
             f"{path}: refused to load the pickle: it uses the opcode {forbidden[0]} at byte {forbidden[1]}, which "
             "builds objects rather than plain data. Nothing was executed."
         )
+    if unsafe is not None:
+        raise UnsafePickleError(f"{path}: refused to load the pickle: {unsafe}. Nothing was executed.")
+    if not_plain is not None:
+        raise NotAQueryLogError(f"{path}: not a predecessor query log: {not_plain}")
+    return count
 
 
 def load_legacy_pickle(path: PathLike, *, max_bytes: int = MAX_PICKLE_BYTES) -> dict:
@@ -295,34 +488,83 @@ def load_legacy_pickle(path: PathLike, *, max_bytes: int = MAX_PICKLE_BYTES) -> 
     Raises:
         FileNotFoundError: nothing at ``path``.
         UnsafePickleError: the pickle names a global other than plain data, or a persistent
-            id (nothing was executed).
-        NotAQueryLogError: too large, not a readable pickle, not a dict with exactly the keys
-            "ground_truth" and "pred", or holding something other than plain data.
+            id, or is built to exhaust the loader (dict keys with colliding hashes, a memo
+            index far past its values, a huge integer); nothing was executed.
+        NotAQueryLogError: not a regular file (a FIFO, socket, device or folder is refused
+            before it is opened, so nothing blocks), too large (bytes, or more than
+            ``MAX_PICKLE_OPCODES`` opcodes), not a readable pickle, not a dict with exactly
+            the keys "ground_truth" and "pred", or holding something other than plain data
+            (sets, tuple dict keys, nesting deeper than 100, cycles).
+        LogAccessError: the file cannot be opened or read (permissions).
+
+    The time and memory one call takes are bounded by the file's size and the caps above,
+    whatever the file holds.
     """
     path = Path(path)
-    data, _ = _read_pickle(path, max_bytes)
+    data, _, _ = _read_pickle(path, max_bytes)
     return data
 
 
-def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes]:
-    if not path.exists():
-        raise FileNotFoundError(f"no predecessor pickle at {os.fspath(path)!r}")
-    if path.is_dir():
-        raise NotAQueryLogError(f"{path} is a folder; pass a pred_hist_<i>.pkl file (or use import_legacy on the folder)")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise NotAQueryLogError(
-            f"{path} is {size:,} bytes, more than the {max_bytes:,} bytes a predecessor pickle is read up to "
-            "(one image's log is about 100 KB); is it the right file? Pass max_bytes= to raise the cap."
-        )
-    with open(path, "rb") as handle:
-        blob = handle.read(max_bytes + 1)
+def _file_kind(mode: int) -> Optional[str]:
+    """What a non-regular file is (None for a regular file)."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _read_regular_file(path: Path, max_bytes: int, what: str, hint: str) -> tuple[bytes, os.stat_result]:
+    """The bytes and status of a regular file of at most ``max_bytes`` bytes.
+
+    A FIFO, socket, device or folder is refused from its ``os.stat`` before it is opened (a
+    FIFO would block the reader forever, a device never end). The file is then opened with
+    O_NONBLOCK and checked again with ``os.fstat``, so a FIFO swapped in between is refused
+    too, without a read.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        NotAQueryLogError: not a regular file, or larger than ``max_bytes``.
+        LogAccessError: it cannot be opened or read (permissions ...).
+    """
+    def check(info: os.stat_result) -> None:
+        kind = _file_kind(info.st_mode)
+        if kind is not None:
+            raise NotAQueryLogError(f"{path} is {kind}, not a file: refused without reading it; {hint}")
+        if info.st_size > max_bytes:
+            raise NotAQueryLogError(
+                f"{path} is {info.st_size:,} bytes, more than the {max_bytes:,} bytes {what} is read up to; is it the "
+                "right file?" + (" Pass max_bytes= to raise the cap." if what == "a predecessor pickle" else "")
+            )
+
+    try:
+        check(os.stat(path))
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+        descriptor = os.open(path, flags)
+        with os.fdopen(descriptor, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            check(info)
+            blob = handle.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {os.fspath(path)!r}") from None
+    except OSError as exc:  # permission denied, I/O error ...
+        raise LogAccessError(f"cannot read {path} ({type(exc).__name__}: {exc.strerror or exc})") from None
     if len(blob) > max_bytes:
         raise NotAQueryLogError(f"{path} grew past {max_bytes:,} bytes while being read; refused")
-    _refuse_object_opcodes(blob, path)
+    return blob, info
+
+
+def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes, float]:
+    """(data, the file's bytes, its mtime) of one predecessor pickle (see load_legacy_pickle)."""
+    blob, info = _read_regular_file(
+        path, max_bytes, "a predecessor pickle",
+        "pass a pred_hist_<i>.pkl file (or a folder of them to import_legacy)",
+    )
+    opcodes = _refuse_object_opcodes(blob, path, MAX_PICKLE_OPCODES)
     try:
-        loaded = RestrictedUnpickler(io.BytesIO(blob), path, encode_budget=max(1 << 20, 2 * len(blob))).load()
-    except UnsafePickleError:
+        loaded = RestrictedUnpickler(io.BytesIO(blob), path, encode_budget=max(1 << 20, 2 * len(blob)),
+                                     max_opcodes=MAX_PICKLE_OPCODES).load()
+    except (UnsafePickleError, NotAQueryLogError):
         raise
     except RecursionError:
         raise NotAQueryLogError(f"{path}: not a predecessor query log: the pickle is nested too deeply") from None
@@ -330,14 +572,14 @@ def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes]:
         raise NotAQueryLogError(f"{path}: not a predecessor query log: the pickle does not fit in memory") from None
     except Exception as exc:  # pickle.UnpicklingError, EOFError, ValueError, TypeError, UnicodeDecodeError ...
         raise _unreadable(path, exc) from None
-    data = _PlainData(os.fspath(path), max(_MIN_NODE_CAP, 2 * len(blob))).copy(loaded)
+    data = _PlainData(os.fspath(path), max(_MIN_NODE_CAP, 2 * opcodes)).copy(loaded)
     if not isinstance(data, dict):
         raise NotAQueryLogError(
             f"{path}: not a predecessor query log: the pickle holds a {type(data).__name__}, expected a dict "
             '{"ground_truth": [clean response], "pred": [noisy responses]}'
         )
     keys = list(data)
-    if sorted(map(repr, keys)) != sorted(map(repr, _EXPECTED_KEYS)):
+    if len(keys) != len(_EXPECTED_KEYS) or set(keys) != set(_EXPECTED_KEYS):
         missing = [k for k in _EXPECTED_KEYS if k not in data]
         extra = [k for k in keys if k not in _EXPECTED_KEYS]
         raise NotAQueryLogError(
@@ -355,7 +597,7 @@ def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes]:
         raise NotAQueryLogError(
             f"{path}: not a predecessor query log: 'pred' must be a list of responses, got a {type(noisy).__name__}"
         )
-    return {"ground_truth": list(clean), "pred": list(noisy)}, blob
+    return {"ground_truth": list(clean), "pred": list(noisy)}, blob, info.st_mtime
 
 
 # --------------------------------------------------------------------------------------
@@ -492,7 +734,13 @@ def _source_files(source: Any) -> list[Path]:
         found = []
         for child in path.iterdir():
             match = _FILE_PATTERN.match(child.name)
-            if match and child.is_file():
+            if match:
+                try:
+                    kind = _file_kind(os.stat(child).st_mode)
+                except OSError as exc:  # a dangling link, no permission
+                    raise LogAccessError(f"cannot read {child} ({type(exc).__name__}: {exc.strerror or exc})") from None
+                if kind is not None:  # refused, not skipped: an import never silently leaves a file out
+                    raise NotAQueryLogError(f"{child} is {kind}, not a file: refused without reading it")
                 found.append((int(match.group(1)), child))
         if not found:
             raise NotAQueryLogError(
@@ -531,7 +779,7 @@ class _Settings:
 
 
 def _calls_of_file(path: Path, settings: _Settings) -> list[CallLog]:
-    data, blob = _read_pickle(path, MAX_PICKLE_BYTES)
+    data, blob, stamp = _read_pickle(path, MAX_PICKLE_BYTES)
     clean, noisy = data["ground_truth"], data["pred"]
     N0 = settings.N0
     if len(noisy) <= N0:
@@ -556,7 +804,6 @@ def _calls_of_file(path: Path, settings: _Settings) -> list[CallLog]:
         return QueryRecord(phase, index, label, raw, 0.0, cost, stamp, None, False)
 
     digest = hashlib.sha256(blob).hexdigest()
-    stamp = path.stat().st_mtime
     cost = price_per_query(api)
     match = _FILE_PATTERN.match(path.name)
     common = {
@@ -633,6 +880,24 @@ def _write(target: QueryLog, calls: Sequence[CallLog]) -> tuple[int, int]:
     return added, skipped
 
 
+def _check_out(out: Any) -> None:
+    """Refuse an ``out`` of the wrong type, or naming a FIFO, socket or device (opening one to
+    read the log already there would block or never end), before any pickle is read."""
+    if out is None or isinstance(out, QueryLog):
+        return
+    if not isinstance(out, (str, os.PathLike)):
+        raise InvalidParameterError(
+            f"out must be None (memory), a .jsonl/.parquet path, or a log file/folder, got {type(out).__name__}"
+        )
+    try:
+        mode = os.stat(out).st_mode
+    except (OSError, ValueError):
+        return  # nothing there yet (or the store reports it)
+    kind = _file_kind(mode)
+    if kind is not None and not stat.S_ISDIR(mode):
+        raise NotAQueryLogError(f"out={os.fspath(out)!r} is {kind}, not a log file or folder; pass another path")
+
+
 def _import_legacy(source, api, noise_sd, *, N0=20, alpha=0.001, denoiser=None, out=None) -> _ImportReport:
     if denoiser is not None and (not isinstance(denoiser, str) or not denoiser.strip()):
         raise InvalidParameterError(f"denoiser must be a non-empty name (str) or None, got {denoiser!r}")
@@ -643,6 +908,7 @@ def _import_legacy(source, api, noise_sd, *, N0=20, alpha=0.001, denoiser=None, 
         alpha=check_alpha(alpha),
         denoiser=denoiser,
     )
+    _check_out(out)
     files = _source_files(source)
     # every file is read and checked before the log is opened: a bad file writes nothing
     calls = [call for path in files for call in _calls_of_file(path, settings)]
@@ -736,8 +1002,9 @@ def import_legacy(
         InvalidParameterError: unknown api, bad noise_sd / N0 / alpha / denoiser / source.
         FileNotFoundError: a source path does not exist.
         UnsafePickleError: a pickle names a global other than plain data (nothing ran).
-        NotAQueryLogError: a file is not a predecessor log, too large, or its responses do not
-            have ``api``'s shape (wrong ``api``?).
+        NotAQueryLogError: a file is not a predecessor log, too large, not a regular file (a
+            FIFO, socket or device is refused without being opened; so is such an ``out``), or
+            its responses do not have ``api``'s shape (wrong ``api``?).
         LogMismatchError: a file holds N0 or fewer noisy answers.
         Nothing is written to ``out`` unless every file was read and checked.
     """
@@ -797,14 +1064,16 @@ def read_legacy_tsv(path: PathLike) -> list[LegacyTSVRow]:
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        NotAQueryLogError: the header lacks one of idx, label, predict, radius, correct, or a
-            row is malformed (the message names its line number).
+        NotAQueryLogError: not a regular file (a FIFO or device is refused without being
+            opened) or larger than ``MAX_TSV_BYTES``, not UTF-8, the header lacks one of idx,
+            label, predict, radius, correct, or a row is malformed (the message names its
+            line number).
+        LogAccessError: the file cannot be opened or read (permissions).
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no TSV at {os.fspath(path)!r}")
+    blob, _ = _read_regular_file(path, MAX_TSV_BYTES, "a TSV", "pass the predecessor's log.txt (a text file)")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = blob.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise NotAQueryLogError(f"{path} is not a UTF-8 text file ({exc}); expected a tab-separated log.txt") from None
     lines = text.splitlines()

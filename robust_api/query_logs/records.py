@@ -4,22 +4,42 @@ per ``predict``/``certify`` call. No I/O here."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from numbers import Real
 from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import LogIntegrityError, ProviderResponseError
+from ..errors import LogIntegrityError, NotAQueryLogError, ProviderResponseError
+from ..noise import PHASES
 
 __all__ = [
     "FORMAT_VERSION", "QueryRecord", "CallHeader", "CallLog", "PhaseVotes", "CallSummary", "count_votes",
-    "summarize_call", "dumps_raw",
+    "summarize_call", "dumps_raw", "MAX_LOGGED_COST_USD", "valid_cost",
+    "record_order", "header_from_values", "record_from_values", "CALL_KINDS", "CALL_STATUSES",
 ]
 
 #: Version of the record format, stored in every log and export.
 FORMAT_VERSION = 1
+
+#: The most a logged query may cost (USD) to count as a price: no image query costs more.
+#: Reports mark a call whose records hold anything else (NaN, ±inf, negative, text, more
+#: than this) as of unknown cost, instead of adding it to a total. (Providers check the
+#: price they are given against a far lower sanity bound, ``pricing.MAX_COST_PER_QUERY_USD``;
+#: this ceiling is for what arrives in files.)
+MAX_LOGGED_COST_USD = 100.0
+
+
+def valid_cost(value: Any) -> bool:
+    """True when ``value`` is a plausible logged price of one query: a real number (not a bool),
+    finite, in [0, :data:`MAX_LOGGED_COST_USD`]."""
+    return (
+        isinstance(value, Real) and not isinstance(value, bool)
+        and math.isfinite(float(value)) and 0.0 <= float(value) <= MAX_LOGGED_COST_USD
+    )
 
 
 def _json_default(obj: Any) -> Any:
@@ -111,7 +131,11 @@ class CallHeader:
 
 @dataclass(frozen=True)
 class CallLog(Sequence):
-    """The record of one predict/certify call: its header and its queries, in insertion order.
+    """The record of one predict/certify call: its header and its queries.
+
+    A call read from a store or an export lists its records in :func:`record_order` (phase
+    in the order of ``robust_api.noise.PHASES``, then sample index), whatever the order in
+    which concurrent batches were committed.
 
     Behaves as a sequence of :class:`QueryRecord` (``len(logs)``, ``logs[i]``, iteration),
     like the predecessor's list of responses, and is the first argument of the offline
@@ -179,16 +203,24 @@ class PhaseVotes:
     Attributes:
         votes: label → number of successful answers with that label.
         errors: samples whose query failed (``error`` set or no label): votes against any class.
-        samples: sample indices 0 … samples−1, each present exactly once (checked).
+        samples: records of the phase, each with its own sample index (a duplicate is refused).
         paid: records that were sent and paid for (not ``reused``).
-        cost_usd: the sum of the records' ``cost_usd``.
+        cost_usd: the sum of the records' ``cost_usd``; None when one of them is not a valid
+            price (see :func:`valid_cost`): the total is then unknown, never a wrong number.
+        missing: sample indices absent below the highest logged one (a gap). 0 means the
+            indices are exactly 0 … samples−1. An interrupted call may honestly have a gap
+            (batches finish out of order and those in flight at a crash are lost); a gapped
+            phase is never certified from (its samples would be a subset chosen afterwards).
+        invalid_costs: records whose ``cost_usd`` is not a valid price.
     """
 
     votes: dict
     errors: int
     samples: int
     paid: int
-    cost_usd: float
+    cost_usd: Optional[float]
+    missing: int = 0
+    invalid_costs: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,9 +241,21 @@ class CallSummary:
         return sum(votes.paid for votes in self.phases.values())
 
     @property
-    def cost_usd(self) -> float:
-        """What the call's queries cost, all phases."""
-        return sum(votes.cost_usd for votes in self.phases.values())
+    def cost_usd(self) -> Optional[float]:
+        """What the call's queries cost, all phases; None when a record's cost is not a valid
+        price (:attr:`invalid_costs` > 0)."""
+        costs = [votes.cost_usd for votes in self.phases.values()]
+        return None if any(cost is None for cost in costs) else float(sum(costs))
+
+    @property
+    def invalid_costs(self) -> int:
+        """Records of the call whose ``cost_usd`` is not a valid price (NaN, infinite, negative, absurd)."""
+        return sum(votes.invalid_costs for votes in self.phases.values())
+
+    @property
+    def missing(self) -> int:
+        """Sample indices missing below the highest logged one, all phases (0: no gap)."""
+        return sum(votes.missing for votes in self.phases.values())
 
 
 def count_votes(records: Sequence[QueryRecord]) -> tuple[dict[str, int], int]:
@@ -225,20 +269,152 @@ def count_votes(records: Sequence[QueryRecord]) -> tuple[dict[str, int], int]:
 
 
 def summarize_call(call: CallLog) -> CallSummary:
-    """Count the votes of every phase of ``call`` (checks each sample index appears exactly once).
+    """Count the votes of every phase of ``call``; gaps are counted (``missing``), not refused.
 
     Raises:
-        LogIntegrityError: a duplicated or missing sample index.
+        LogIntegrityError: a sample index that is duplicated, negative or not an integer (an
+            honest log never holds one).
     """
     phases = {}
     for name in sorted({r.phase for r in call.records}):
-        records = call.phase_records(name)
+        records = [r for r in call.records if r.phase == name]
+        for record in records:
+            index = record.sample_index
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise LogIntegrityError(
+                    f"call {call.header.run_id}: {name} sample index {index!r} is not an integer >= 0"
+                )
+        indices = {r.sample_index for r in records}
+        if len(indices) != len(records):
+            raise LogIntegrityError(
+                f"call {call.header.run_id}: duplicate record among its {name} samples; each sample index must "
+                "appear at most once"
+            )
         votes, errors = count_votes(records)
+        invalid = sum(1 for r in records if not valid_cost(r.cost_usd))
         phases[name] = PhaseVotes(
             votes=votes,
             errors=errors,
             samples=len(records),
             paid=sum(1 for r in records if not r.reused),
-            cost_usd=float(sum(r.cost_usd for r in records)),
+            cost_usd=None if invalid else float(sum(float(r.cost_usd) for r in records)),
+            missing=max(indices) + 1 - len(records),
+            invalid_costs=invalid,
         )
     return CallSummary(call.header, call.status, phases)
+
+
+# -- reading logs and exports: one order, checked values ------------------------------------
+
+#: The kinds of call a log holds, and the statuses a call can have.
+CALL_KINDS = ("predict", "certify")
+CALL_STATUSES = ("running", "complete", "failed")
+_PHASE_RANK = {phase: rank for rank, phase in enumerate(PHASES)}
+
+
+def record_order(record: QueryRecord) -> tuple:
+    """Sort key of the order in which every store and export gives a call's records back:
+    phase in the order of ``robust_api.noise.PHASES`` (clean, selection, estimation,
+    predict), then sample index. It does not depend on which batch was committed first, so
+    two runs with the same seed read back identically. Never raises (odd values sort last)."""
+    phase, index = record.phase, record.sample_index
+    if type(phase) is str and type(index) is int and phase in _PHASE_RANK:  # every checked record
+        return (_PHASE_RANK[phase], phase, index)
+    rank = _PHASE_RANK.get(phase, len(_PHASE_RANK)) if isinstance(phase, str) else len(_PHASE_RANK) + 1
+    number = index if isinstance(index, int) and not isinstance(index, bool) else -1
+    return (rank, str(phase), number)
+
+
+_REAL_TYPES = (int, float)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _malformed(where: str, what: str, value: Any) -> NotAQueryLogError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return NotAQueryLogError(f"{where}: malformed query log: {what} (got {shown}); the file was left untouched")
+
+
+def header_from_values(where: str, run_id: Any, kind: Any, created: Any, image_digest: Any, image_shape: Any,
+                       provider: Any, model_version: Any, denoiser_id: Any, denoiser_digest: Any, noise_sd: Any,
+                       seed: Any, params: Any, status: Any) -> tuple[CallHeader, str]:
+    """A :class:`CallHeader` and its call's status from values read from a log or an export, checked.
+
+    Args:
+        where: names the source in error messages (a path, a line).
+        image_shape: a list of ints (JSON already decoded); params: a dict; the others as
+            the :class:`CallHeader` fields.
+
+    Returns:
+        (header, status).
+
+    Raises:
+        NotAQueryLogError: a value of the wrong type or out of its domain (the message names it).
+    """
+    if not isinstance(run_id, str) or not run_id:
+        raise _malformed(where, "run_id must be a non-empty string", run_id)
+    where = f"{where}: call {run_id[:40]}"
+    if kind not in CALL_KINDS:
+        raise _malformed(where, f"kind must be one of {CALL_KINDS}", kind)
+    if status not in CALL_STATUSES:
+        raise _malformed(where, f"status must be one of {CALL_STATUSES}", status)
+    if not _is_real(created) or not math.isfinite(created):
+        raise _malformed(where, "created must be a finite number (UNIX time)", created)
+    for name, value, optional in (("image_digest", image_digest, False), ("provider", provider, False),
+                                  ("model_version", model_version, True), ("denoiser_id", denoiser_id, True),
+                                  ("denoiser_digest", denoiser_digest, True)):
+        if not (isinstance(value, str) or (optional and value is None)):
+            raise _malformed(where, f"{name} must be a string{' or null' if optional else ''}", value)
+    if (not isinstance(image_shape, (list, tuple)) or len(image_shape) > 4
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31 for d in image_shape)):
+        raise _malformed(where, "image_shape must be a list of at most 4 sizes >= 0", image_shape)
+    if not _is_real(noise_sd) or not math.isfinite(noise_sd) or noise_sd < 0:
+        raise _malformed(where, "noise_sd must be a finite number >= 0", noise_sd)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise _malformed(where, "seed must be an integer in [0, 2**63)", seed)
+    if not isinstance(params, dict):
+        raise _malformed(where, "params must be a JSON object", params)
+    header = CallHeader(
+        run_id=run_id, kind=kind, image_digest=image_digest, image_shape=tuple(image_shape), provider=provider,
+        model_version=model_version, denoiser_id=denoiser_id, denoiser_digest=denoiser_digest, noise_sd=noise_sd,
+        seed=seed, params=params, created=created,
+    )
+    return header, status
+
+
+def record_from_values(where: str, phase: Any, sample_index: Any, label: Any, raw: Any, latency_s: Any,
+                       cost_usd: Any, timestamp: Any, error: Any, reused: Any) -> QueryRecord:
+    """A :class:`QueryRecord` from values read from a log or an export, checked.
+
+    ``raw`` is already decoded JSON. ``cost_usd`` is not checked here: a value that is not a
+    valid price makes the reported cost unknown (:func:`valid_cost`); it cannot change a vote.
+
+    Raises:
+        NotAQueryLogError: a phase, label, error, latency, timestamp or reused flag of the
+            wrong type or out of its domain.
+        LogIntegrityError: a sample index that is not an integer >= 0 (never in an honest log).
+    """
+    if (type(phase) is str and phase in _PHASE_RANK and type(sample_index) is int and sample_index >= 0
+            and (label is None or type(label) is str) and (error is None or type(error) is str)
+            and type(latency_s) in _REAL_TYPES and type(timestamp) in _REAL_TYPES
+            and (type(reused) is bool or (type(reused) is int and (reused == 0 or reused == 1)))):
+        # the common case, in a few exact type tests (a million records are read in a second)
+        return QueryRecord(phase, sample_index, label, raw, latency_s, cost_usd, timestamp, error, bool(reused))
+    if phase not in PHASES:
+        raise _malformed(where, f"phase must be one of {PHASES}", phase)
+    if not (label is None or isinstance(label, str)):
+        raise _malformed(where, f"{phase} sample {sample_index!r}: label must be a string or null", label)
+    if not (error is None or isinstance(error, str)):
+        raise _malformed(where, f"{phase} sample {sample_index!r}: error must be a string or null", error)
+    for name, value in (("latency_s", latency_s), ("timestamp", timestamp)):
+        if not _is_real(value):
+            raise _malformed(where, f"{phase} sample {sample_index!r}: {name} must be a number", value)
+    if not isinstance(reused, (bool, int)) or reused not in (0, 1):
+        raise _malformed(where, f"{phase} sample {sample_index!r}: reused must be true/false (or 0/1)", reused)
+    if not isinstance(sample_index, int) or isinstance(sample_index, bool) or sample_index < 0:
+        raise LogIntegrityError(f"{where}: {phase} sample index {sample_index!r} is not an integer >= 0")
+    return QueryRecord(phase, sample_index, label, raw, latency_s, cost_usd, timestamp, error, bool(reused))

@@ -8,66 +8,44 @@ SQLite layout (format_version 1)::
     queries(id, call_id, phase, sample_index, label, raw, latency_s, cost_usd, timestamp,
             error, reused, UNIQUE(call_id, phase, sample_index))
 
-The database runs in WAL mode and each provider batch is one transaction: a crash, kill -9
-or Ctrl-C loses at most the batch in flight and never corrupts what was committed. The
-UNIQUE constraint makes a double-counted vote impossible at the storage level.
+The database runs in WAL mode with ``synchronous=FULL`` and each provider batch is one
+transaction: a crash, kill -9, Ctrl-C or power loss loses at most the batch in flight and
+never corrupts what was committed. The UNIQUE constraint makes a double-counted vote
+impossible at the storage level. A call's records are read back in one fixed order (phase,
+then sample index: :func:`~robust_api.query_logs.records.record_order`), whatever order
+concurrent batches were committed in.
+
+Opening a file (see :mod:`robust_api.query_logs.opening` for the rules): a new log is created
+atomically; an existing file is checked read-only (a regular file, the SQLite magic, exactly
+the store's schema with no trigger or view, a format version this release reads) before
+anything reads or writes it; readers (``open_log``, analysis) open it read-only; no store
+ever deletes a ``-wal``/``-shm`` side file. Values read back are checked too (types and
+domains): a malformed row raises a typed error, never an unrelated traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from ..errors import InvalidParameterError, LogIntegrityError, NotAQueryLogError
-from .records import FORMAT_VERSION, CallHeader, CallLog, CallSummary, PhaseVotes, QueryRecord, dumps_raw, summarize_call
+from ..errors import InvalidParameterError, LogAccessError, LogIntegrityError, NotAQueryLogError
+from ..noise import PHASES
+from .opening import connect_log, translate_sqlite_error
+from .records import (
+    MAX_LOGGED_COST_USD, CallHeader, CallLog, CallSummary, PhaseVotes, QueryRecord, dumps_raw,
+    header_from_values, record_from_values, record_order, summarize_call,
+)
 
 __all__ = ["QueryLog", "SQLiteQueryLog", "MemoryQueryLog", "DEFAULT_LOG_DIR", "DEFAULT_LOG_FILENAME", "resolve_log_path"]
 
 DEFAULT_LOG_DIR = "query_logs"
 DEFAULT_LOG_FILENAME = "queries.sqlite3"
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_FORMAT_NAME = "robust_api.query_log"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS calls (
-    call_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    created REAL NOT NULL,
-    image_digest TEXT NOT NULL,
-    image_shape TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    model_version TEXT,
-    denoiser_id TEXT,
-    denoiser_digest TEXT,
-    noise_sd REAL NOT NULL,
-    seed INTEGER NOT NULL,
-    params TEXT NOT NULL,
-    status TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS calls_by_image ON calls (image_digest, seed);
-CREATE TABLE IF NOT EXISTS queries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    call_id INTEGER NOT NULL REFERENCES calls (call_id),
-    phase TEXT NOT NULL,
-    sample_index INTEGER NOT NULL,
-    label TEXT,
-    raw TEXT,
-    latency_s REAL NOT NULL,
-    cost_usd REAL NOT NULL,
-    timestamp REAL NOT NULL,
-    error TEXT,
-    reused INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (call_id, phase, sample_index)
-);
-"""
 
 
 def resolve_log_path(log: Union[str, os.PathLike, None]) -> Path:
@@ -104,8 +82,10 @@ class QueryLog:
         raise NotImplementedError
 
     def load_call(self, run_id: str, with_raw: bool = True) -> CallLog:
-        """One call and its records. ``with_raw=False`` allows a store to leave ``raw`` None
-        (the SQLite store then skips reading the raw responses); re-certification never reads them."""
+        """One call and its records, in :func:`~robust_api.query_logs.records.record_order`
+        (phase, then sample index: never the order in which concurrent batches were committed).
+        ``with_raw=False`` allows a store to leave ``raw`` None (the SQLite store then skips
+        reading the raw responses); re-certification never reads them."""
         raise NotImplementedError
 
     def run_ids(self) -> list[str]:
@@ -130,13 +110,28 @@ class QueryLog:
         computes it in SQL (a million queries in well under a second); every store gives
         the same result as :func:`summarize_call` on each of its calls.
 
+        A gap (an index missing below the highest one, as an interrupted call may leave) is
+        counted in :attr:`PhaseVotes.missing`, not refused.
+
         Raises:
-            LogIntegrityError: a duplicated or missing sample index in some call.
+            LogIntegrityError: a duplicated (or negative, or non-integer) sample index in some call.
         """
         return [summarize_call(call) for call in self]
 
     def __len__(self) -> int:
         return len(self.run_ids())
+
+    def source_lock(self, header: CallHeader, phase: str):
+        """A context manager held while a call sends the missing samples of ``phase`` for the
+        source of ``header`` (what :meth:`find_reusable` matches), so one caller pays for them.
+
+        A concurrent call on the same source waits, then finds the answers in the log. This
+        default serializes the threads of this process (a store living in one process); the
+        SQLite store also serializes processes (see :mod:`robust_api.query_logs.locks`).
+        """
+        from .locks import in_process_source_lock
+
+        return in_process_source_lock(self, header, phase)
 
     def close(self) -> None:
         """Release resources; the log stays readable by others."""
@@ -198,7 +193,8 @@ class MemoryQueryLog(QueryLog):
     def load_call(self, run_id: str, with_raw: bool = True) -> CallLog:
         # the records are in memory already: keeping raw costs nothing
         with self._lock:
-            return CallLog(self._headers[run_id], tuple(self._records[run_id]), self._status[run_id])
+            records = tuple(sorted(self._records[run_id], key=record_order))  # not the order batches arrived in
+            return CallLog(self._headers[run_id], records, self._status[run_id])
 
     def run_ids(self) -> list[str]:
         with self._lock:
@@ -220,80 +216,49 @@ class SQLiteQueryLog(QueryLog):
     """The durable default: one SQLite file in WAL mode (stdlib ``sqlite3``).
 
     Args:
-        path: the database file. Created (with its folder) when missing. An existing file
-            must be a robust_api query log: anything else raises :class:`NotAQueryLogError`
-            and is left untouched (it is first opened read-only to check).
+        path: the database file. Created (with its folder) when missing, atomically: a
+            concurrent creator or reader sees no file or a complete log. An existing file
+            must be a robust_api query log with exactly the store's schema: anything else
+            raises :class:`NotAQueryLogError` (:class:`UntrustedLogError` for an edited
+            schema: a trigger, a view, another table or column) and is left untouched; the
+            check runs read-only before anything is read or written.
+        read_only: open for reading only (``open_log`` and the analysis do): the connection
+            cannot write, checkpoint or delete anything, so it cannot lose a writer's
+            commits; :meth:`begin_call`, :meth:`append` and :meth:`finish_call` raise
+            :class:`LogAccessError`. A missing file raises ``FileNotFoundError``.
+
+    Raises:
+        NotAQueryLogError, UntrustedLogError: see above.
+        LogAccessError: permission denied, a folder that cannot be written, a lock held by
+            another process for more than 30 s.
     """
 
-    def __init__(self, path: Union[str, os.PathLike]):
+    def __init__(self, path: Union[str, os.PathLike], read_only: bool = False):
         self.path = Path(path)
+        self.read_only = bool(read_only)
         self._lock = threading.Lock()
         self._call_ids: dict[str, int] = {}
-        if self.path.exists():
-            self._check_existing()
-            self._conn = self._connect()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = self._connect()
-            with self._conn:
-                self._conn.executescript(_SCHEMA)
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                    [("format", _FORMAT_NAME), ("format_version", str(FORMAT_VERSION)), ("created", repr(time.time()))],
-                )
+        self._conn = connect_log(self.path, read_only=self.read_only)
 
-    # -- opening -------------------------------------------------------------------------
-    def _check_existing(self) -> None:
-        if self.path.is_dir():
-            raise NotAQueryLogError(f"{self.path} is a folder; pass the log file or a folder to hold queries.sqlite3")
-        with open(self.path, "rb") as handle:
-            magic = handle.read(len(_SQLITE_MAGIC))
-        if magic != _SQLITE_MAGIC:
-            raise NotAQueryLogError(
-                f"{self.path} is not a robust_api query log (not an SQLite file); the file was left untouched. "
-                "Pass a new path, or a folder, to start a log there."
-            )
-        rows = self._probe_meta()
-        if rows.get("format") != _FORMAT_NAME:
-            raise NotAQueryLogError(
-                f"{self.path} is an SQLite database but not a robust_api query log; the file was left untouched"
-            )
-        version = int(rows.get("format_version", "0"))
-        if version > FORMAT_VERSION:
-            raise NotAQueryLogError(
-                f"{self.path} has log format_version {version}, newer than this robust_api reads ({FORMAT_VERSION}); "
-                "upgrade robust_api"
-            )
-
-    def _probe_meta(self) -> dict[str, str]:
-        """Read the meta table read-only, leaving no -wal/-shm file that was not there before."""
-        side_files = [Path(f"{self.path}{suffix}") for suffix in ("-wal", "-shm")]
-        existed = [side.exists() for side in side_files]
-        # without a WAL file the database is complete in the main file: immutable creates nothing
-        options = "mode=ro" if existed[0] else "mode=ro&immutable=1"
+    @contextlib.contextmanager
+    def _sqlite_errors(self, doing: str) -> Iterator[None]:
+        """Turn an ``sqlite3`` error met while ``doing`` something into the typed error for it."""
         try:
-            probe = sqlite3.connect(f"file:{self.path.resolve().as_posix()}?{options}", uri=True)
-            try:
-                return dict(probe.execute("SELECT key, value FROM meta").fetchall())
-            finally:
-                probe.close()
-        except sqlite3.DatabaseError:
-            return {}
-        finally:
-            for side, was_there in zip(side_files, existed):
-                if not was_there and side.exists():
-                    side.unlink()
+            yield
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(self.path, exc, doing) from None
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(os.fspath(self.path), timeout=30.0, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
+    def _writable(self) -> None:
+        if self.read_only:
+            raise LogAccessError(
+                f"{self.path} was opened read-only (robust_api.open_log); write through RobustAPI(log=path) "
+                "or SQLiteQueryLog(path)"
+            )
 
     # -- writing -------------------------------------------------------------------------
     def begin_call(self, header: CallHeader) -> None:
-        with self._lock:
+        self._writable()
+        with self._lock, self._sqlite_errors("write a new call to"):
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -317,6 +282,9 @@ class SQLiteQueryLog(QueryLog):
                     ),
                 )
                 conn.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK")
+                raise LogIntegrityError(f"run id {header.run_id} already in the log {self.path}") from None
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
@@ -332,9 +300,10 @@ class SQLiteQueryLog(QueryLog):
         return call_id
 
     def append(self, run_id: str, records: Sequence[QueryRecord]) -> None:
+        self._writable()
         if not records:
             return
-        with self._lock:
+        with self._lock, self._sqlite_errors("write records to"):
             call_id = self._call_id(run_id)
             rows = [
                 (
@@ -368,21 +337,51 @@ class SQLiteQueryLog(QueryLog):
                 raise
 
     def finish_call(self, run_id: str, status: str) -> None:
-        with self._lock:
+        self._writable()
+        with self._lock, self._sqlite_errors("write the status of a call to"):
             self._conn.execute("UPDATE calls SET status = ? WHERE run_id = ?", (status, run_id))
 
     # -- reading -------------------------------------------------------------------------
     _QUERY_COLUMNS = "phase, sample_index, label, raw, latency_s, cost_usd, timestamp, error, reused"
+    #: SQL: 1 for a row whose values would change the counts if taken as they are: an unknown
+    #: phase (a blob never equals a phase name), a label or error that is not text, a reused
+    #: flag other than 0/1 (bound: the 4 phases). load_call checks every field of a record;
+    #: a call_id that is not a call's is an orphan (checked after the scan).
+    _MALFORMED_ROW = (
+        "(phase NOT IN (?, ?, ?, ?) OR (label IS NOT NULL AND typeof(label) != 'text') "
+        "OR (error IS NOT NULL AND typeof(error) != 'text') OR reused NOT IN (0, 1))"
+    )
 
-    @staticmethod
-    def _record(row: tuple) -> QueryRecord:
+    def _json(self, text, what: str, where: str, optional: bool = False):
+        """Decode a JSON column; a value that is not JSON text is a typed error."""
+        if text is None and optional:
+            return None
+        if not isinstance(text, str):
+            raise NotAQueryLogError(f"{where}: malformed query log: {what} is not JSON text (got {type(text).__name__})")
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise NotAQueryLogError(
+                f"{where}: malformed query log: {what} is not valid JSON ({str(exc)[:100]}); the file was left untouched"
+            ) from None
+
+    def _record(self, row: tuple, where: str) -> QueryRecord:
+        """A checked record from a row of ``SELECT {_QUERY_COLUMNS}``."""
         phase, index, label, raw, latency, cost, stamp, error, reused = row
-        return QueryRecord(phase, index, label, None if raw is None else json.loads(raw), latency, cost, stamp, error, bool(reused))
+        raw = self._json(raw, f"the raw answer of {phase} sample {index}", where, optional=True)
+        return record_from_values(where, phase, index, label, raw, latency, cost, stamp, error, reused)
 
     def load_call(self, run_id: str, with_raw: bool = True) -> CallLog:
-        """One call and its records; ``with_raw=False`` leaves every ``raw`` None (faster: the
-        raw responses are most of a log, and re-certification does not read them)."""
-        with self._lock:
+        """One call and its records, in :func:`record_order` (phase, then sample index).
+
+        ``with_raw=False`` leaves every ``raw`` None (faster: the raw responses are most of a
+        log, and re-certification does not read them).
+
+        Raises:
+            LogIntegrityError: no such call, or a record that is not the call's own.
+            NotAQueryLogError: a malformed value (wrong type, bad JSON); the message names it.
+        """
+        with self._lock, self._sqlite_errors("read a call from"):
             row = self._conn.execute(
                 "SELECT call_id, run_id, kind, created, image_digest, image_shape, provider, model_version, "
                 "denoiser_id, denoiser_digest, noise_sd, seed, params, status FROM calls WHERE run_id = ?",
@@ -391,35 +390,37 @@ class SQLiteQueryLog(QueryLog):
             if row is None:
                 raise LogIntegrityError(f"no call with run id {run_id!r} in {self.path}")
             columns = self._QUERY_COLUMNS if with_raw else self._QUERY_COLUMNS.replace("raw", "NULL")
+            # the index finds the rows' ids; the rows themselves (call_id included) are then read
+            # from the table, so an index that disagrees with its table cannot lend another
+            # call's records to this one
             rows = self._conn.execute(
-                f"SELECT {columns} FROM queries WHERE call_id = ? ORDER BY id", (row[0],)
+                f"SELECT call_id, {columns} FROM queries WHERE id IN (SELECT id FROM queries WHERE call_id = ?)",
+                (row[0],),
             ).fetchall()
-        return CallLog(self._header(row), tuple(self._record(r) for r in rows), row[13])
+        header = self._header(row)
+        where = f"{self.path}: call {header.run_id}"
+        if any(r[0] != row[0] for r in rows):
+            raise LogIntegrityError(f"{where}: the table and its index disagree about the call's records (damaged file)")
+        records = sorted((self._record(r[1:], where) for r in rows), key=record_order)
+        return CallLog(header, tuple(records), row[13])
 
-    @staticmethod
-    def _header(row: tuple) -> CallHeader:
-        """A header from a row of ``SELECT call_id, run_id, kind, ... params FROM calls``."""
-        return CallHeader(
-            run_id=row[1],
-            kind=row[2],
-            created=row[3],
-            image_digest=row[4],
-            image_shape=tuple(json.loads(row[5])),
-            provider=row[6],
-            model_version=row[7],
-            denoiser_id=row[8],
-            denoiser_digest=row[9],
-            noise_sd=row[10],
-            seed=row[11],
-            params=json.loads(row[12]),
+    def _header(self, row: tuple) -> CallHeader:
+        """A checked header from a row of ``SELECT call_id, run_id, kind, ... params, status FROM calls``."""
+        where = f"{self.path}: call {str(row[1])[:40]}"
+        image_shape = self._json(row[5], "image_shape", where)
+        params = self._json(row[12], "params", where)
+        header, _ = header_from_values(
+            os.fspath(self.path), row[1], row[2], row[3], row[4], image_shape, row[6], row[7], row[8], row[9],
+            row[10], row[11], params, row[13],
         )
+        return header
 
     def run_ids(self) -> list[str]:
-        with self._lock:
+        with self._lock, self._sqlite_errors("list the calls of"):
             return [r[0] for r in self._conn.execute("SELECT run_id FROM calls ORDER BY call_id")]
 
     def find_reusable(self, header: CallHeader, phase: str, count: int) -> dict[int, QueryRecord]:
-        with self._lock:
+        with self._lock, self._sqlite_errors("look for reusable answers in"):
             rows = self._conn.execute(
                 f"SELECT {', '.join('q.' + c.strip() for c in self._QUERY_COLUMNS.split(','))} "
                 "FROM queries q JOIN calls c ON q.call_id = c.call_id "
@@ -440,45 +441,80 @@ class SQLiteQueryLog(QueryLog):
                 ),
             ).fetchall()
         found: dict[int, QueryRecord] = {}
+        where = f"{self.path}: a call reusable for {header.run_id}"
         for row in rows:
-            found.setdefault(row[1], self._record(row))
+            found.setdefault(row[1], self._record(row, where))
         return found
 
     def call_summaries(self) -> list[CallSummary]:
-        with self._lock:
-            calls = self._conn.execute(
-                "SELECT call_id, run_id, kind, created, image_digest, image_shape, provider, model_version, "
-                "denoiser_id, denoiser_digest, noise_sd, seed, params, status FROM calls ORDER BY call_id"
-            ).fetchall()
-            # per (call, phase): how many records, which indices, what they cost (index order, no sort)
-            extents = self._conn.execute(
-                "SELECT call_id, phase, COUNT(*), MIN(sample_index), MAX(sample_index), COUNT(DISTINCT sample_index), "
-                "SUM(1 - reused), TOTAL(cost_usd) FROM queries GROUP BY call_id, phase"
-            ).fetchall()
-            # per (call, phase, label) the successful answers; failed ones are votes against every class
-            votes = self._conn.execute(
-                "SELECT call_id, phase, label, COUNT(*) FROM queries WHERE error IS NULL AND label IS NOT NULL "
-                "GROUP BY call_id, phase, label"
-            ).fetchall()
+        with self._lock, self._sqlite_errors("summarize the calls of"):
+            # one read transaction: the three queries see one snapshot even while a writer commits
+            self._conn.execute("BEGIN")
+            try:
+                calls = self._conn.execute(
+                    "SELECT call_id, run_id, kind, created, image_digest, image_shape, provider, model_version, "
+                    "denoiser_id, denoiser_digest, noise_sd, seed, params, status FROM calls ORDER BY call_id"
+                ).fetchall()
+                # per (call, phase): how many records, which indices, what they cost
+                # (and how many costs are not a valid price, how many indices are not integers, and
+                # how many rows hold a value of the wrong type: see _MALFORMED_ROW)
+                # NOT INDEXED: counted from the table's rows themselves, never from an index that a
+                # damaged or forged file could make disagree with them (and no slower: one scan)
+                extents = self._conn.execute(
+                    "SELECT call_id, phase, COUNT(*), MIN(sample_index), MAX(sample_index), "
+                    "COUNT(DISTINCT sample_index), SUM(CASE WHEN reused THEN 0 ELSE 1 END), TOTAL(cost_usd), "
+                    "SUM(CASE WHEN typeof(cost_usd) IN ('integer', 'real') AND cost_usd >= 0 AND cost_usd <= ? "
+                    "THEN 0 ELSE 1 END), SUM(typeof(sample_index) != 'integer'), "
+                    f"SUM({self._MALFORMED_ROW}) FROM queries NOT INDEXED GROUP BY call_id, phase",
+                    (MAX_LOGGED_COST_USD, *PHASES),
+                ).fetchall()
+                # per (call, phase, label) the successful answers; failed ones are votes against every class
+                votes = self._conn.execute(
+                    "SELECT call_id, phase, label, COUNT(*) FROM queries NOT INDEXED "
+                    "WHERE error IS NULL AND label IS NOT NULL GROUP BY call_id, phase, label"
+                ).fetchall()
+            finally:
+                self._conn.execute("ROLLBACK")
         run_ids = {row[0]: row[1] for row in calls}
         counted: dict[tuple[int, str], dict[str, int]] = {}
         for call_id, phase, label, count in votes:
             counted.setdefault((call_id, phase), {})[label] = count
         phases: dict[int, dict[str, PhaseVotes]] = {}
-        for call_id, phase, count, lowest, highest, distinct, paid, cost in extents:
-            if lowest != 0 or highest != count - 1 or distinct != count:
-                # (a file written elsewhere may lack the UNIQUE constraint: duplicates are checked too)
-                problem = "duplicate" if distinct != count else "missing"
+        for call_id, phase, count, lowest, highest, distinct, paid, cost, invalid_costs, odd, malformed in extents:
+            if malformed:  # what load_call would refuse too (record_from_values)
+                raise NotAQueryLogError(
+                    f"{self.path}: call {run_ids.get(call_id, call_id)}: malformed query log: {malformed} record(s) "
+                    f"of phase {str(phase)[:40]!r} hold a value of the wrong type (an unknown phase, a label or error "
+                    "that is not text, a reused flag other than 0/1); the file was left untouched"
+                )
+            if odd or lowest < 0 or distinct != count:
+                # never in an honest log (a file written elsewhere may lack the UNIQUE constraint);
+                # a gap is honest (an interrupted call) and is counted in ``missing`` instead
+                problem = "duplicate record" if distinct != count else "sample index that is not an integer >= 0"
                 raise LogIntegrityError(
-                    f"call {run_ids.get(call_id, call_id)}: {problem} record among {phase} samples 0..{highest}; "
-                    "each sample index must appear exactly once"
+                    f"call {run_ids.get(call_id, call_id)}: {problem} among its {phase} samples; "
+                    "each sample index must appear at most once"
                 )
             phase_votes = counted.get((call_id, phase), {})
             phases.setdefault(call_id, {})[phase] = PhaseVotes(
                 votes=phase_votes, errors=count - sum(phase_votes.values()), samples=count, paid=int(paid),
-                cost_usd=float(cost),
+                cost_usd=None if invalid_costs else float(cost), missing=highest + 1 - count,
+                invalid_costs=int(invalid_costs),
+            )
+        orphans = set(phases) - set(run_ids)
+        if orphans:
+            raise LogIntegrityError(
+                f"{self.path}: records of call_id {min(orphans)!r} belong to no call in the calls table (damaged file)"
             )
         return [CallSummary(self._header(row), row[13], phases.get(row[0], {})) for row in calls]
+
+    def source_lock(self, header: CallHeader, phase: str):
+        """Like :meth:`QueryLog.source_lock`, and across processes: a byte-range lock on the
+        side file ``<log>.lock`` (created on first use, never deleted; see
+        :mod:`robust_api.query_logs.locks`)."""
+        from .locks import file_source_lock
+
+        return file_source_lock(self.path, header, phase)
 
     def close(self) -> None:
         with self._lock:
