@@ -1,5 +1,10 @@
 """Test doubles shared by the test modules (import as ``from doubles import ...``)."""
 
+import json
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import numpy as np
 
 
@@ -20,3 +25,47 @@ class Counting:
         self.calls += 1
         self.images += len(batch)
         return [halfspace_label(x) for x in batch]
+
+
+@contextmanager
+def tiny_http_server(answer):
+    """An HTTP server on 127.0.0.1 for any route and method (GET, POST, PUT).
+
+    ``answer(method, path, headers) -> (status, body)``: a dict or list body is sent as JSON,
+    a str as text/plain. The request body is read (Content-Length or chunked) and dropped.
+    Yields the base URL ``http://127.0.0.1:PORT``.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    self.rfile.read(size + 2)
+                    if size == 0:
+                        break
+            status, body = answer(self.command, self.path, self.headers)
+            text = isinstance(body, str)
+            data = (body if text else json.dumps(body)).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain" if text else "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_POST = do_GET = do_PUT = _reply
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -546,49 +546,14 @@ def test_aws_smoke_test_against_moto():
 
 # ----------------------------------------------------------------------------- review fixes
 
-from contextlib import contextmanager
-
 from robust_api.errors import ProviderError, ProviderResponseError
 
 
-@contextmanager
 def tiny_server(answer):
     """A one-route HTTP server on 127.0.0.1: ``answer(method, path) -> (status, body: dict | str)``."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from doubles import tiny_http_server
 
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0], 16)
-                    self.rfile.read(size + 2)
-                    if size == 0:
-                        break
-            status, body = answer(self.command, self.path)
-            data = (json.dumps(body) if isinstance(body, dict) else body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json" if isinstance(body, dict) else "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_POST = do_GET = do_PUT = _reply
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return tiny_http_server(lambda method, path, headers: answer(method, path))
 
 
 def test_model_version_is_fixed_at_construction():

@@ -17,9 +17,6 @@ import base64
 import json
 import logging
 import math
-import threading
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,6 +25,7 @@ import pytest
 
 pytest.importorskip("requests")
 
+from doubles import tiny_http_server  # noqa: E402
 from robust_api import RobustAPI  # noqa: E402
 from robust_api.dispatch import RetryPolicy  # noqa: E402
 from robust_api.errors import CredentialsError, InvalidParameterError, ProviderError  # noqa: E402
@@ -44,42 +42,20 @@ SECRETS = (PATH_TOKEN, WORD_TOKEN, PASSWORD, HEADER_KEY, ENV_TOKEN, quote(ENV_TO
 FAST = RetryPolicy(max_attempts=2, initial_backoff_s=0.0, max_backoff_s=0.0)
 
 
-@contextmanager
 def echo_server():
     """A model server on 127.0.0.1 that echoes what it got (path, Authorization, X-API-Key)
     into every answer: a 200 with labels on paths ending in /classify, a 503 on /busy/, a 404
     elsewhere. Yields its base URL ``http://127.0.0.1:PORT``."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server naming
-            length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            echo = {"path": self.path, "authorization": self.headers.get("Authorization"),
-                    "key": self.headers.get("X-API-Key")}
-            if "/busy/" in self.path:
-                status, body = 503, {"error": "busy", **echo}
-            elif self.path.split("?")[0].endswith("/classify"):
-                status, body = 200, [{"label": "cat", "score": 0.9, "echo": echo}, {"label": "dog", "score": 0.1}]
-            else:
-                status, body = 404, {"error": f"no route {self.path}"}
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(method, path, headers):
+        echo = {"path": path, "authorization": headers.get("Authorization"), "key": headers.get("X-API-Key")}
+        if "/busy/" in path:
+            return 503, {"error": "busy", **echo}
+        if path.split("?")[0].endswith("/classify"):
+            return 200, [{"label": "cat", "score": 0.9, "echo": echo}, {"label": "dog", "score": 0.1}]
+        return 404, {"error": f"no route {path}"}
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return tiny_http_server(answer)
 
 
 def assert_no_secret(text: str, where: str) -> None:
