@@ -39,7 +39,7 @@ from .noise import NoiseSampler
 from .offline import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, CertifySettings, certify_from_log, guess_from_records, predict_from_log
 from .providers.base import Provider, create_provider, provider_factory
 from .providers.callable import CallableProvider
-from .query_logs.records import CallHeader, CallLog, QueryRecord
+from .query_logs.records import PREPROCESSING_CLIPPED, PREPROCESSING_UNCLIPPED, CallHeader, CallLog, QueryRecord
 from .query_logs.store import QueryLog, open_store
 from .results import Certificate, Prediction
 from .validation import (
@@ -66,13 +66,18 @@ def _contiguous_runs(indices: Sequence[int], max_len: int) -> Iterator[tuple[int
 
 
 class _CallableDenoiser:
-    """A plain function float32 [B, H, W, C] in [0, 1] → same, checked on every batch."""
+    """A plain function float32 [B, H, W, C] → same shape, checked on every batch.
+
+    Its input is the unclipped noisy copies x + σ·z (values outside [0, 1]); its output is
+    clipped to [0, 1] here, and that is what the classifier gets.
+    """
 
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray]):
         self.fn = fn
         module = getattr(fn, "__module__", None) or type(fn).__module__
         self.identity = f"callable:{module}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
         self.digest = None
+        self.noisy_input = "unclipped"
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         out = np.asarray(self.fn(images), dtype=np.float32)
@@ -805,11 +810,20 @@ class RobustAPI:
             denoiser_digest=getattr(self.denoiser, "digest", None),
             noise_sd=noise_sd,
             seed=seed,
-            params=params,
+            params={**params, "preprocessing": self._preprocessing()},
             created=time.time(),
         )
         self.log.begin_call(header)
         return _Call(self, header, canonical, hold)
+
+    def _clips_before_denoiser(self) -> bool:
+        """True when the noisy copies are clipped to [0, 1] before anything uses them: without a
+        denoiser, or for one trained on clipped copies (``noisy_input == "clipped"``)."""
+        return self.denoiser is None or getattr(self.denoiser, "noisy_input", "unclipped") == "clipped"
+
+    def _preprocessing(self) -> str:
+        """The log's name for how this object prepares noisy copies (``CallHeader.preprocessing``)."""
+        return PREPROCESSING_CLIPPED if self._clips_before_denoiser() else PREPROCESSING_UNCLIPPED
 
     def _check_denoiser_fits(self, image: np.ndarray, noise_sd: float) -> None:
         channels = getattr(self.denoiser, "image_channels", None)
@@ -818,13 +832,9 @@ class RobustAPI:
                 f"denoiser {self.denoiser.identity} takes {channels}-channel images but the image has "
                 f"{image.shape[-1]} channels; use a denoiser for {image.shape[-1]}-channel images"
             )
-        trained_for = getattr(self.denoiser, "noise_sd", None)
-        if trained_for is not None and noise_sd > 0 and abs(trained_for - noise_sd) > 1e-9:
-            logger.warning(
-                "denoiser %s was trained for noise_sd=%s but is used at noise_sd=%s; the certificate stays "
-                "valid but will be weaker than with a denoiser trained for this σ",
-                self.denoiser.identity, trained_for, noise_sd,
-            )
+        warn_if_untrained = getattr(self.denoiser, "warn_if_untrained", None)
+        if warn_if_untrained is not None and noise_sd > 0:
+            warn_if_untrained(noise_sd)  # DenoiserNoiseLevelWarning, once per (denoiser, σ)
 
     def _run_phase(self, header: CallHeader, image: np.ndarray, phase: str, start: int, stop: int,
                    hold=None) -> list[QueryRecord]:
@@ -867,9 +877,16 @@ class RobustAPI:
         """
         return _NoisyBatches(self, header, image, phase, missing)
 
-    def _denoise(self, images: np.ndarray) -> np.ndarray:
+    def _denoise(self, images: np.ndarray, noise_sd: float) -> np.ndarray:
+        """The denoiser on noisy copies (float32 [B, H, W, C], unclipped unless the denoiser
+        was trained on clipped ones) of noise level ``noise_sd`` > 0; returns float32
+        [B, H, W, C] in [0, 1]. A σ-conditioned denoiser is
+        told σ first (``set_noise_sd``), under the same lock as the pass it conditions."""
+        set_noise_sd = getattr(self.denoiser, "set_noise_sd", None)
         try:
             with self._denoise_lock:  # a user's denoiser need not be thread-safe (certify_many)
+                if set_noise_sd is not None:
+                    set_noise_sd(noise_sd)
                 return self.denoiser(images)
         except RobustAPIError:
             raise
@@ -933,9 +950,12 @@ class _NoisyBatches:
         sampler = NoiseSampler(image, header.image_digest, header.seed, phase, noise_sd, slab_bytes=plan.slab_bytes)
         denoise = api.denoiser is not None and phase != "clean"
         for first, last in _contiguous_runs(self._missing, plan.block):
-            block = sampler.noisy(first, last)
+            # the denoiser gets x + σz unclipped (saturated pixels keep their noise statistics)
+            # unless it was trained on clipped copies; what is sent is clipped to [0, 1]: the
+            # denoiser's output, or the noisy copy itself
+            block = sampler.noisy(first, last, clip=not denoise or header.preprocessing == PREPROCESSING_CLIPPED)
             if denoise:
-                block = api._denoise(block)  # the noisy copies go when this returns
+                block = api._denoise(block, noise_sd)  # the noisy copies go when this returns
             for offset in range(0, last - first, plan.batch):
                 piece = block[offset : offset + plan.batch]
                 yield first + offset, (piece.copy() if plan.copy_batches else piece)

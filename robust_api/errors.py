@@ -28,6 +28,10 @@ one fits, from the matching built-in, so ordinary ``except ValueError`` clauses 
         └── LogMismatchError (ValueError)      re-analysis asks for what the log cannot give
                                                (other noise_sd, more samples than logged ...)
 
+Warnings (``warnings.warn``; the call goes on)::
+
+    DenoiserNoiseLevelWarning (UserWarning)    a denoiser is used at a σ it was not trained for
+
 Messages say what was wrong and how to fix it. They never contain secrets.
 """
 
@@ -55,6 +59,7 @@ __all__ = [
     "LogAccessError",
     "LogIntegrityError",
     "LogMismatchError",
+    "DenoiserNoiseLevelWarning",
 ]
 
 
@@ -169,3 +174,10 @@ class LogIntegrityError(QueryLogError, ValueError):
 
 class LogMismatchError(QueryLogError, ValueError):
     """Re-analysis asks for something the log cannot give (other noise_sd, more samples)."""
+
+
+class DenoiserNoiseLevelWarning(UserWarning):
+    """A denoiser is used at a noise level σ it was not trained for: more than 10% (relative)
+    from its trained ``noise_sd``, or outside a σ-conditioned denoiser's ``noise_sd_range``.
+    Issued once per (denoiser, σ) by the runner. The certificate stays valid (the denoiser is
+    part of the base classifier) but is likely weaker than with a denoiser trained for that σ."""

@@ -9,8 +9,9 @@ the device, or how a run was interrupted and resumed.
 Memory: the stream is produced in *slabs* of at most ``slab_values`` values. Small images
 go several whole samples to a slab; a large image is cut into slabs of its flattened pixels,
 each starting on a Philox counter boundary (4 words), so any slab can be generated on its own.
-Arithmetic is float64 inside a slab only; the result is clipped and written straight into a
-float32 output. The values are bit-identical to generating the whole batch at once in float64
+Arithmetic is float64 inside a slab only; the result is clipped (unless the caller asks for
+the unclipped copy, which is what a denoiser gets) and written straight into a float32
+output. The values are bit-identical to generating the whole batch at once in float64
 (the formula of the first release; ``tests/test_memory.py`` checks it on odd shapes and batch
 boundaries): the float64 working memory is bounded by the slab, not by the image or the batch.
 """
@@ -56,7 +57,8 @@ def noise_key(seed: int, image_digest: str, phase: str) -> int:
 
 
 class NoiseSampler:
-    """Noisy copies clip(x + σ·z_i, 0, 1) of one image, z_i ~ N(0, I) reproducible per index.
+    """Noisy copies x + σ·z_i of one image, z_i ~ N(0, I) reproducible per index, clipped
+    to [0, 1] (what a classifier gets) or not (what a denoiser gets).
 
     Args:
         image: float32 array [H, W, C] in [0, 1] (already validated).
@@ -157,11 +159,15 @@ class NoiseSampler:
             out[first - start : first - start + count, low : low + normals.shape[1]] = normals
         return out.reshape((stop - start,) + self.image.shape)
 
-    def noisy(self, start: int, stop: int, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Noisy copies for sample indices [start, stop): float32 [stop − start, H, W, C] in [0, 1].
+    def noisy(self, start: int, stop: int, out: Optional[np.ndarray] = None, clip: bool = True) -> np.ndarray:
+        """Noisy copies for sample indices [start, stop): float32 [stop − start, H, W, C].
 
-        Each value is float32(clip(float64(x) + σ·z, 0, 1)), computed in float64 one slab at
-        a time. Args: ``out``, an optional C-contiguous float32 array of that shape to write into.
+        Each value is float32(clip(float64(x) + σ·z, 0, 1)) with ``clip`` (in [0, 1]), else
+        float32(float64(x) + σ·z) (any real value: the input a denoiser gets), computed in
+        float64 one slab at a time. The noise z is the same either way, and clipping the
+        unclipped copy gives the clipped one bit for bit (float32 rounding is monotone and
+        0 and 1 are exact). Args: ``out``, an optional C-contiguous float32 array of that
+        shape to write into; ``clip``, whether to clip to [0, 1] (default True).
         """
         self._check_range(start, stop)
         shape = (stop - start,) + self.image.shape
@@ -185,7 +191,8 @@ class NoiseSampler:
             # x + σ·z in the order of the first release: σ·z first, then the image added
             normals *= self.noise_sd
             normals += image64
-            np.clip(normals, 0.0, 1.0, out=normals)
+            if clip:
+                np.clip(normals, 0.0, 1.0, out=normals)
             flat_out[first - start : first - start + count, low:high] = normals
         return out
 

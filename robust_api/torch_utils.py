@@ -6,11 +6,13 @@ import hashlib
 import json
 import math
 import os
+import threading
+import warnings
 from typing import Any, Optional
 
 import numpy as np
 
-from .errors import DenoiserError, InvalidParameterError
+from .errors import DenoiserError, DenoiserNoiseLevelWarning, InvalidParameterError
 
 __all__ = [
     "resolve_device",
@@ -77,7 +79,8 @@ def nhwc_to_tensor(images: np.ndarray, device):
 
 
 class ModuleDenoiser:
-    """Run a ``torch.nn.Module`` denoiser ([B, C, H, W] in [0, 1] → same) on NumPy NHWC batches.
+    """Run a ``torch.nn.Module`` denoiser ([B, C, H, W] noisy → same, see
+    :mod:`robust_api.denoisers.base`) on NumPy NHWC batches.
 
     Batches are cut into chunks whose activations fit the device's activation budget (see
     :func:`denoiser_chunk_size`). An image too large for the budget on its own is denoised in
@@ -101,9 +104,14 @@ class ModuleDenoiser:
         digest: hex SHA-256 of the weights, the module's ``config()`` if it has one, and the
             autocast precision if any; recorded in the query log with every call, so logged
             answers are reused only for the same denoiser run the same way.
-        noise_sd: the σ the module says it was trained for, or None.
+        noise_sd: the σ the module says it was trained for (at load time), or None.
+        noise_sd_range: (lo, hi) for a σ-conditioned module, else None.
+        noisy_input: "unclipped" (the module gets x + σ·z) or "clipped" (it was trained on
+            clip(x + σ·z, 0, 1), so it gets that); see :data:`robust_api.denoisers.base.NOISY_INPUTS`.
         image_channels: the channel count the module accepts, or None (any / unknown).
-        receptive_radius: see :func:`receptive_radius` (None: the module cannot be tiled).
+        receptive_radius: see :func:`receptive_radius` (None: the module cannot be tiled),
+            rounded up to a multiple of the module's ``tile_multiple`` (default 1; FFDNet's 2:
+            tiles then start on its 2×2 pixel-unshuffle grid and match the untiled result).
         tiles_run: forward passes run on tiles so far (a counter, for tests and benchmarks).
     """
 
@@ -115,10 +123,20 @@ class ModuleDenoiser:
         self.module = module.to(self.device).eval()
         name = (getattr(module, "metadata", None) or {}).get("name")
         self.identity = f"denoiser:{name}" if name else f"module:{type(module).__module__}.{type(module).__qualname__}"
+        from .denoisers.base import noisy_input_of
+
         self.noise_sd = getattr(module, "noise_sd", None)
+        self.noise_sd_range = _checked_noise_sd_range(module)
+        self.noisy_input = noisy_input_of(module)
+        self._warned_noise_sds: set = set()
+        self._warn_lock = threading.Lock()
         self.image_channels = getattr(module, "image_channels", None)
         self.activation_bytes = activation_bytes
-        self.receptive_radius = receptive_radius(module)
+        # a module that regroups pixels (FFDNet's 2×2 pixel unshuffle) declares tile_multiple:
+        # tiles then start and extend on that grid, so they see the pixels grouped as untiled
+        self.tile_multiple = int(getattr(module, "tile_multiple", 1) or 1)
+        radius = receptive_radius(module)
+        self.receptive_radius = None if radius is None else -(-radius // self.tile_multiple) * self.tile_multiple
         self.tiles_run = 0
         self.autocast_dtype = None
         if self.device.type == "cuda":
@@ -131,6 +149,43 @@ class ModuleDenoiser:
         parts = [state_dict_digest(module), json.dumps(config, sort_keys=True), str(self.autocast_dtype)]
         self.digest = hashlib.sha256("|".join(parts).encode()).hexdigest()
         self._torch = torch
+
+    def set_noise_sd(self, noise_sd: float) -> None:
+        """Pass the call's σ (> 0) to the module's ``set_noise_sd`` when it has one (a
+        σ-conditioned denoiser); RobustAPI calls it before each denoising pass."""
+        set_noise_sd = getattr(self.module, "set_noise_sd", None)
+        if callable(set_noise_sd):
+            set_noise_sd(float(noise_sd))
+
+    def warn_if_untrained(self, noise_sd: float) -> bool:
+        """Warn (:class:`DenoiserNoiseLevelWarning`, once per σ for this runner) when the module
+        is used at a σ it was not trained for: outside ``noise_sd_range`` for a σ-conditioned
+        module, else more than ``NOISE_SD_TOLERANCE`` (relative) from its ``noise_sd``. Nothing
+        when neither is known. Returns True when it warned now."""
+        from .denoisers.base import NOISE_SD_TOLERANCE
+
+        noise_sd = float(noise_sd)
+        if self.noise_sd_range is not None:
+            low, high = self.noise_sd_range
+            if low <= noise_sd <= high:
+                return False
+            trained = f"trained for noise_sd in [{low:g}, {high:g}]"
+        elif self.noise_sd is not None:
+            if abs(noise_sd - self.noise_sd) <= NOISE_SD_TOLERANCE * self.noise_sd:
+                return False
+            trained = f"trained for noise_sd={self.noise_sd:g}"
+        else:
+            return False
+        with self._warn_lock:
+            if noise_sd in self._warned_noise_sds:
+                return False
+            self._warned_noise_sds.add(noise_sd)
+        warnings.warn(
+            f"denoiser {self.identity} was {trained} but is used at noise_sd={noise_sd:g}; the certificate stays "
+            "valid but is likely weaker than with a denoiser trained for this σ (robust_api.denoisers.available())",
+            DenoiserNoiseLevelWarning, stacklevel=2,
+        )
+        return True
 
     def _budget(self) -> int:
         if self.device.type == "cuda":
@@ -155,7 +210,9 @@ class ModuleDenoiser:
         return result.float().clamp_(0.0, 1.0).permute(0, 2, 3, 1).to("cpu")
 
     def __call__(self, images: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Denoise float32 [B, H, W, C] in [0, 1]; returns float32 [B, H, W, C] clamped to [0, 1].
+        """Denoise float32 [B, H, W, C] noisy copies (unclipped: any finite values; clipped ones
+        for a ``noisy_input == "clipped"`` module, which the caller provides); returns float32
+        [B, H, W, C] clamped to [0, 1].
 
         Args:
             out: optional float32 array of the same shape to write into (default: a new one).
@@ -195,6 +252,7 @@ class ModuleDenoiser:
             )
         side = math.isqrt(max(0, budget // per_pixel))
         interior = side - 2 * radius
+        interior -= interior % self.tile_multiple
         if interior < max(8, radius):
             raise DenoiserError(
                 f"denoiser {self.identity}: a tile of {side}×{side} pixels fits the activation budget of "
@@ -221,6 +279,23 @@ class ModuleDenoiser:
                     out[start:stop, top:bottom, left:right] = result[
                         :, top - ext_top : bottom - ext_top, left - ext_left : right - ext_left
                     ].numpy()
+
+
+def _checked_noise_sd_range(module) -> Optional[tuple]:
+    """``module.noise_sd_range`` as a (lo, hi) tuple of floats with 0 ≤ lo < hi ≤ 1, or None."""
+    declared = getattr(module, "noise_sd_range", None)
+    if declared is None:
+        return None
+    try:
+        low, high = (float(v) for v in declared)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not 0.0 <= low < high <= 1.0:
+        raise DenoiserError(
+            f"{type(module).__name__}.noise_sd_range must be None or (lo, hi) with 0 <= lo < hi <= 1 "
+            f"(the σ the weights were trained on), got {declared!r}"
+        )
+    return (low, high)
 
 
 def receptive_radius(module) -> Optional[int]:

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import pytest
 
 
 def halfspace_label(x: np.ndarray) -> str:
@@ -69,3 +70,17 @@ def tiny_http_server(answer):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module (``pytestmark = pytest.mark.usefixtures(
+    "one_torch_thread")`` after ``from doubles import one_torch_thread``): its tensors are tiny, and
+    extra threads only add synchronisation, which costs seconds per pass on a loaded machine.
+    The previous count is restored for the other modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,7 +7,6 @@ reading the raw state dicts, so they do not share code with the library's module
 
 import collections
 import json
-import logging
 import math
 import os
 
@@ -35,19 +34,12 @@ from robust_api.denoisers import (
 from robust_api.errors import DenoiserError, InvalidParameterError
 from robust_api.torch_utils import ModuleDenoiser, denoiser_chunk_size
 
-from doubles import Counting
+from doubles import Counting, one_torch_thread  # noqa: F401  (fixture)
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # The tensors here are tiny: extra intra-op threads only add synchronisation, which costs
-    # seconds per forward pass on a loaded machine. Restored for the other test modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -768,19 +760,17 @@ def _mean_label(batch):
     return ["A" if float(x.mean()) < 0.5 else "B" for x in batch]
 
 
-def test_denoiser_used_at_another_noise_level_warns_but_certifies(caplog):
+def test_denoiser_used_at_another_noise_level_warns_but_certifies(recwarn):
     module = _small_dncnn(channels=3)
     module.noise_sd = 0.25
     image = np.full((8, 8, 3), 0.2, np.float32)
     api = RobustAPI(_mean_label, denoiser=module, log=False, seed=0, device="cpu")
-    with caplog.at_level(logging.WARNING, logger="robust_api.api"):
-        matching = api.certify(image, noise_sd=0.25, N0=5, N=20)
-    assert not [r for r in caplog.records if "trained for noise_sd" in r.getMessage()]
-    with caplog.at_level(logging.WARNING, logger="robust_api.api"):
-        cert = api.certify(image, noise_sd=0.5, N0=5, N=20)
-    warnings = [r for r in caplog.records if "trained for noise_sd" in r.getMessage()]
-    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
-    assert "noise_sd=0.25" in warnings[0].getMessage() and "noise_sd=0.5" in warnings[0].getMessage()
+    matching = api.certify(image, noise_sd=0.25, N0=5, N=20)
+    assert not [w for w in recwarn if issubclass(w.category, robust_api.DenoiserNoiseLevelWarning)]
+    cert = api.certify(image, noise_sd=0.5, N0=5, N=20)
+    warned = [w for w in recwarn if issubclass(w.category, robust_api.DenoiserNoiseLevelWarning)]
+    assert len(warned) == 1
+    assert "noise_sd=0.25" in str(warned[0].message) and "noise_sd=0.5" in str(warned[0].message)
     assert cert.queries == 25 and cert.label == "A" and cert.radius > 0 and matching.label == "A"
 
 

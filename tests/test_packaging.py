@@ -41,7 +41,10 @@ def test_shipped_weights_load_by_name_after_a_non_editable_install(tmp_path):
         "    d = robust_api.load_denoiser(name, device='cpu')\n"
         "    x = torch.rand(2, d.image_channels, 28, 28)\n"
         "    shapes[name] = list(d(x).shape)\n"
-        "print(json.dumps({'file': robust_api.__file__, 'names': names, 'shapes': shapes}))\n"
+        "from robust_api.models.imagenet import imagenet_class_names\n"
+        "classes = imagenet_class_names()\n"
+        "print(json.dumps({'file': robust_api.__file__, 'names': names, 'shapes': shapes,\n"
+        "                  'imagenet': [len(classes), classes[281]]}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
@@ -51,5 +54,6 @@ def test_shipped_weights_load_by_name_after_a_non_editable_install(tmp_path):
     result = json.loads(run.stdout)
     assert Path(result["file"]).is_relative_to(target), "imported the source tree, not the installed copy"
     assert result["names"] == shipped
+    assert result["imagenet"] == [1000, "tabby"], "the ImageNet class names (package data) are missing"
     for name, shape in result["shapes"].items():
         assert shape[0] == 2 and shape[2:] == [28, 28], name

@@ -52,6 +52,8 @@ print("TUTORIAL_RESULTS " + _json.dumps({
     "evaluated": len(certificates),
     "groups": [{"key": str(g.key), "images": g.images, "certified_accuracy": {str(r): a for r, a in g.certified_accuracy.items()},
                 "acr": g.acr, "queries": g.queries} for g in report.groups],
+    "photo_rows": None if photo_rows is None else [
+        [name, {setting: _cert(c) for setting, c in certs.items()}, certs["none"].guess] for name, certs in photo_rows],
 }, default=str))
 """
 
@@ -185,6 +187,21 @@ def test_tutorial_runs_top_to_bottom(tmp_path, monkeypatch):
     assert accuracy[0] >= 0.6, group
     assert all(a >= b for a, b in zip(accuracy, accuracy[1:])), group
     assert 0 < group["acr"] <= 0.3752
+
+    # natural photos (when the Debian photos and the ImageNet weights are installed): two crops,
+    # alone and denoised, each certifying the classifier's clean answer or abstaining
+    if r["photo_rows"] is not None:
+        from robust_api.statistics import max_certifiable_radius
+
+        assert len(r["photo_rows"]) == 2
+        for name, certs, clean_label in r["photo_rows"]:
+            assert set(certs) == {"none", "denoised"}, name
+            for c in certs.values():
+                assert c["method"] == "cohen" and c["n"] == 30 and c["queries"] == 31, (name, c)
+                assert c["label"] in (None, clean_label), (name, c)
+                assert 0 <= c["radius"] <= max_certifiable_radius(30, 0.25, 0.001) + 1e-9, (name, c)
+        natural_photos_printed = _text(next(cell for cell in nb.cells if cell.get("id") == "natural-photos"))
+        assert "clean label" in natural_photos_printed and r["photo_rows"][0][0] in natural_photos_printed
 
     # the figures are inline PNGs
     cells = {cell.get("id"): cell for cell in nb.cells}

@@ -1,7 +1,7 @@
 """Denoisers for denoised smoothing: architectures, shipped weights, loading and training.
 
-Every denoiser is a ``torch.nn.Module`` mapping a float batch [B, C, H, W] in [0, 1] to the
-same shape (see :class:`DenoiserModule`). ``available()`` lists the shipped weights,
+Every denoiser is a ``torch.nn.Module`` mapping a float batch [B, C, H, W] of noisy copies
+x + σz (not clipped) to the same shape (see :class:`DenoiserModule`). ``available()`` lists the shipped weights,
 ``load_denoiser(name_or_path)`` loads shipped, saved or the denoised-smoothing paper's
 checkpoints, ``train_denoiser`` trains with the MSE or the stability objective.
 """
@@ -10,6 +10,7 @@ __all__ = [
     "DenoiserModule",
     "DnCNN",
     "DRUNet",
+    "FFDNet",
     "MemNet",
     "NonLocalMeans",
     "available",
@@ -31,7 +32,7 @@ __all__ = [
 
 _HOMES = {
     "DenoiserModule": "base", "build_architecture": "base", "architecture_names": "base",
-    "register_architecture": "base", "DnCNN": "dncnn", "DRUNet": "drunet", "MemNet": "memnet",
+    "register_architecture": "base", "DnCNN": "dncnn", "DRUNet": "drunet", "FFDNet": "ffdnet", "MemNet": "memnet",
     "NonLocalMeans": "classical", "available": "loading", "load_denoiser": "loading",
     "save_denoiser": "loading", "denoiser_from_state_dict": "loading", "DENOISER_FORMAT": "loading",
     "PAPER_ARCHITECTURES": "loading", "train_denoiser": "training", "add_noise": "training",

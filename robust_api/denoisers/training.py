@@ -6,8 +6,10 @@
   surrogates; the classifiers are frozen. The paper's best recipe is MSE first, then
   stability fine-tuning from those weights (``init=``).
 
-Noisy inputs are made exactly as the SDK makes them at query time: x + σ·ε, ε ~ N(0, I),
-clipped to [0, 1]. Each epoch's data order, crops and noise come from generators seeded with
+Noisy inputs are made exactly as the SDK makes them at query time: x + σ·ε, ε ~ N(0, I), not
+clipped (``clip_noisy=True`` reproduces recipes of denoisers trained on clipped copies).
+``noise_sd`` may be a range (low, high): each image then gets its own σ drawn uniformly, and a
+noise-level-conditioned denoiser (one with ``noise_sd_range``, e.g. PhotoNet) is told it. Each epoch's data order, crops and noise come from generators seeded with
 (seed, epoch), so a run resumed from its per-epoch checkpoint continues identically.
 Checkpoints are safetensors (weights and optimizer state) with JSON metadata — no pickle.
 """
@@ -21,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from ..errors import DenoiserError, InvalidParameterError
 from ..validation import check_noise_sd
 from .base import DenoiserModule
 
-__all__ = ["EpochStats", "train_denoiser", "add_noise", "psnr", "psnr_per_image", "OBJECTIVES"]
+__all__ = ["EpochStats", "train_denoiser", "add_noise", "denoise_with_sd", "psnr", "psnr_per_image", "OBJECTIVES"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +54,24 @@ class EpochStats:
     seconds: float
 
 
-def add_noise(images: torch.Tensor, noise_sd: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """x + σ·ε clipped to [0, 1], ε standard normal; ``images`` float [B, C, H, W] in [0, 1]."""
+def add_noise(images: torch.Tensor, noise_sd: Union[float, torch.Tensor], generator: Optional[torch.Generator] = None,
+              *, clip: bool = False) -> torch.Tensor:
+    """x + σ·ε, ε standard normal, as the SDK gives it to a denoiser (unclipped; ``clip=True``
+    clips to [0, 1]). ``images`` float [B, C, H, W] in [0, 1]; ``noise_sd`` a float or a [B]
+    tensor of per-image σ."""
     noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    return (images + noise_sd * noise).clamp_(0.0, 1.0)
+    if isinstance(noise_sd, torch.Tensor):
+        noise_sd = noise_sd.to(images.device, images.dtype).reshape(-1, 1, 1, 1)
+    noisy = images + noise_sd * noise
+    return noisy.clamp_(0.0, 1.0) if clip else noisy
+
+
+def denoise_with_sd(denoiser: nn.Module, noisy: torch.Tensor, noise_sd: Union[float, torch.Tensor]) -> torch.Tensor:
+    """``denoiser(noisy)``, telling a noise-level-conditioned denoiser (one with a
+    ``noise_sd_range``) the σ of each image: a float or a [B] tensor."""
+    if getattr(denoiser, "noise_sd_range", None) is not None:
+        return denoiser(noisy, noise_sd)
+    return denoiser(noisy)
 
 
 def psnr_per_image(estimate: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -66,13 +82,14 @@ def psnr_per_image(estimate: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def psnr(denoiser: nn.Module, images: torch.Tensor, noise_sd: float, *, seed: int = 0,
-         batch_size: int = 256) -> float:
+         batch_size: int = 256, clip: bool = False) -> float:
     """Mean PSNR (dB, peak 1.0) of ``denoiser`` on ``images`` + σ noise, averaged over images.
 
     Args:
-        denoiser: module [B, C, H, W] in [0, 1] → same (output clamped to [0, 1] before scoring).
+        denoiser: module [B, C, H, W] → same (output clamped to [0, 1] before scoring).
         images: float [N, C, H, W] in [0, 1], on the denoiser's device.
         noise_sd: σ in [0, 1]; the noise is drawn from a generator seeded with ``seed``.
+        clip: clip the noisy copies to [0, 1] before the denoiser (the SDK does not).
     """
     generator = torch.Generator(device=images.device).manual_seed(int(seed))
     was_training = denoiser.training
@@ -80,7 +97,7 @@ def psnr(denoiser: nn.Module, images: torch.Tensor, noise_sd: float, *, seed: in
     values = []
     for start in range(0, images.shape[0], batch_size):
         clean = images[start : start + batch_size]
-        out = denoiser(add_noise(clean, noise_sd, generator)).clamp(0.0, 1.0)
+        out = denoise_with_sd(denoiser, add_noise(clean, noise_sd, generator, clip=clip), noise_sd).clamp(0.0, 1.0)
         values.append(psnr_per_image(out, clean))
     denoiser.train(was_training)
     return float(torch.cat(values).mean())
@@ -107,7 +124,12 @@ def _epoch_batches(images, rng: np.random.Generator, patch_size: Optional[int], 
             crop = crop.flip(-1)
         crop = torch.rot90(crop, int(rng.integers(4)), dims=(-2, -1))
         crops.append(crop)
-    return torch.stack(crops), np.arange(count)
+    return _as_float(torch.stack(crops)), np.arange(count)
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images → float32 in [0, 1]; float images unchanged."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def _cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
@@ -157,9 +179,11 @@ def train_denoiser(
     model: DenoiserModule,
     images: Union[torch.Tensor, Sequence[torch.Tensor]],
     *,
-    noise_sd: float,
+    noise_sd: Union[float, Tuple[float, float]],
     objective: str = "mse",
     classifiers: Sequence[nn.Module] = (),
+    mse_weight: float = 0.0,
+    clip_noisy: bool = False,
     epochs: int = 10,
     batch_size: int = 128,
     lr: float = 1e-3,
@@ -175,13 +199,17 @@ def train_denoiser(
 
     Args:
         model: the denoiser to train (random or pre-trained weights; moved to ``device``).
-        images: training images, float in [0, 1]: a tensor [N, C, H, W] (every image once per
-            epoch, shuffled) or, with ``patch_size``, a sequence of [C, H, W] tensors of any size
-            ≥ patch_size from which ``patches_per_epoch`` random crops (random flips and 90°
-            rotations) are drawn each epoch.
-        noise_sd: σ of the training noise, in (0, 1].
+        images: training images, float in [0, 1] or uint8: a tensor [N, C, H, W] (every image
+            once per epoch, shuffled) or, with ``patch_size``, a sequence of [C, H, W] tensors of
+            any size ≥ patch_size from which ``patches_per_epoch`` random crops (random flips and
+            90° rotations) are drawn each epoch.
+        noise_sd: σ of the training noise, in (0, 1]; or a range (low, high) with 0 ≤ low < high
+            ≤ 1, each image getting its own σ uniformly from it (for a denoiser with
+            ``noise_sd_range``, which is told each image's σ).
         objective: ``"mse"`` or ``"stability"`` (needs ``classifiers``).
         classifiers: frozen surrogate classifiers, each [B, C, H, W] in [0, 1] → logits [B, K].
+        mse_weight: with ``"stability"``, add this multiple of the MSE loss (0 = the paper's Stab).
+        clip_noisy: clip the noisy copies to [0, 1] before the denoiser (the SDK does not).
         epochs, batch_size, lr: Adam with a per-step cosine schedule from ``lr`` to 0.
         seed: seeds the data order, crops and noise of every epoch.
         device: None (CUDA when available, else CPU) or a torch device.
@@ -199,7 +227,17 @@ def train_denoiser(
         raise InvalidParameterError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if objective == "stability" and not classifiers:
         raise InvalidParameterError("objective='stability' needs at least one surrogate classifier (classifiers=)")
-    noise_sd = check_noise_sd(noise_sd, allow_zero=False)
+    if isinstance(noise_sd, (tuple, list)):
+        if len(noise_sd) != 2:
+            raise InvalidParameterError(f"a noise_sd range must be (low, high), got {noise_sd!r}")
+        sd_range = (check_noise_sd(noise_sd[0], allow_zero=True), check_noise_sd(noise_sd[1], allow_zero=False))
+        if not sd_range[0] < sd_range[1]:
+            raise InvalidParameterError(f"a noise_sd range needs low < high, got {noise_sd!r}")
+        noise_sd = list(sd_range)
+    else:
+        noise_sd = check_noise_sd(noise_sd, allow_zero=False)
+    if not (isinstance(mse_weight, (int, float)) and math.isfinite(mse_weight) and mse_weight >= 0):
+        raise InvalidParameterError(f"mse_weight must be a finite number >= 0, got {mse_weight!r}")
     if int(epochs) < 1 or int(batch_size) < 1 or not lr > 0:
         raise InvalidParameterError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
     if patch_size is None and not (isinstance(images, torch.Tensor) and images.ndim == 4):
@@ -214,6 +252,8 @@ def train_denoiser(
                 "lower patch_size or drop the small images"
             )
     device = resolve_device(device)
+    if clip_noisy:
+        model.noisy_input = "clipped"  # saved with the weights, so RobustAPI feeds it clipped copies too
     model.to(device).train()
     for clf in classifiers:
         clf.to(device).eval().requires_grad_(False)
@@ -223,6 +263,8 @@ def train_denoiser(
     total_steps = steps_per_epoch * int(epochs)
     settings = {"objective": objective, "noise_sd": noise_sd, "epochs": int(epochs), "batch_size": int(batch_size),
                 "lr": float(lr), "seed": int(seed), "patch_size": patch_size, "num_items": num_items}
+    if clip_noisy or mse_weight:  # new keys only when used, so older checkpoints still resume
+        settings.update(clip_noisy=bool(clip_noisy), mse_weight=float(mse_weight))
     first_epoch = 1
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
@@ -237,11 +279,15 @@ def train_denoiser(
         total_loss = 0.0
         for step in range(steps_per_epoch):
             index = torch.as_tensor(order[step * batch_size : (step + 1) * batch_size])
-            clean = data[index].to(device, non_blocking=True)
-            noisy = add_noise(clean, noise_sd, generator)
+            clean = _as_float(data[index]).to(device, non_blocking=True)
+            if isinstance(noise_sd, list):
+                sd = torch.rand(clean.shape[0], generator=generator, device=device) * (noise_sd[1] - noise_sd[0]) + noise_sd[0]
+            else:
+                sd = noise_sd
+            noisy = add_noise(clean, sd, generator, clip=clip_noisy)
             for group in optimizer.param_groups:
                 group["lr"] = _cosine_lr(lr, (epoch - 1) * steps_per_epoch + step, total_steps)
-            denoised = model(noisy)
+            denoised = denoise_with_sd(model, noisy, sd)
             if objective == "mse":
                 loss = F.mse_loss(denoised, clean)
             else:
@@ -251,13 +297,16 @@ def train_denoiser(
                         target = clf(clean).argmax(1)
                     losses.append(F.cross_entropy(clf(denoised), target))
                 loss = torch.stack(losses).mean()
+                if mse_weight:
+                    loss = loss + mse_weight * F.mse_loss(denoised, clean)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total_loss += float(loss.detach())
             if progress is not None:
                 progress(epoch, step + 1, steps_per_epoch, float(loss.detach()))
-        val = psnr(model, val_images.to(device), noise_sd, seed=seed) if val_images is not None else None
+        val_sd = noise_sd if not isinstance(noise_sd, list) else sum(noise_sd) / 2
+        val = psnr(model, _as_float(val_images).to(device), val_sd, seed=seed, clip=clip_noisy) if val_images is not None else None
         stats = EpochStats(epoch, total_loss / steps_per_epoch, val, optimizer.param_groups[0]["lr"],
                            time.perf_counter() - began)
         history.append(stats)

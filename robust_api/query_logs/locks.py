@@ -1,7 +1,7 @@
 """One payer per query: the locks a call holds while it sends the missing samples of one phase.
 
 Two calls on the same *source* (image digest, seed, noise σ, provider, model version and
-denoiser: what :meth:`~robust_api.query_logs.QueryLog.find_reusable` matches) would send the
+denoiser, preprocessing: what :meth:`~robust_api.query_logs.QueryLog.find_reusable` matches) would send the
 very same noisy images. :meth:`QueryLog.source_lock` makes one of them pay: a call holds its
 source's lock (for one phase) while it looks for reusable answers, sends what is missing and
 commits it, so a concurrent call — another thread, or another process writing the same SQLite
@@ -74,7 +74,7 @@ def source_key(header: Any, phase: str) -> str:
     """
     return json.dumps([
         header.image_digest, int(header.seed), repr(float(header.noise_sd)), header.provider, header.model_version,
-        header.denoiser_id, header.denoiser_digest, phase,
+        header.denoiser_id, header.denoiser_digest, header.preprocessing, phase,
     ])
 
 

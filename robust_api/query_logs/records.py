@@ -20,10 +20,19 @@ __all__ = [
     "FORMAT_VERSION", "QueryRecord", "CallHeader", "CallLog", "PhaseVotes", "CallSummary", "count_votes",
     "summarize_call", "dumps_raw", "MAX_LOGGED_COST_USD", "valid_cost",
     "record_order", "header_from_values", "record_from_values", "CALL_KINDS", "CALL_STATUSES",
+    "PREPROCESSING_CLIPPED", "PREPROCESSING_UNCLIPPED", "preprocessing_of",
 ]
 
 #: Version of the record format, stored in every log and export.
 FORMAT_VERSION = 1
+
+#: ``params["preprocessing"]`` of a call whose noisy copies were clipped to [0, 1] before
+#: anything used them (no denoiser, or a denoiser trained on clipped copies); every call
+#: logged before the entry existed was made this way, so a call without it reads as this.
+PREPROCESSING_CLIPPED = "noisy-input=clipped/1"
+#: ``params["preprocessing"]`` of a call whose denoiser got x + σ·z unclipped (only its
+#: output, clipped to [0, 1], reached the classifier).
+PREPROCESSING_UNCLIPPED = "noisy-input=unclipped/1"
 
 #: The most a logged query may cost (USD) to count as a price: no image query costs more.
 #: Reports mark a call whose records hold anything else (NaN, ±inf, negative, text, more
@@ -96,6 +105,12 @@ class QueryRecord:
     reused: bool = False
 
 
+def preprocessing_of(params: Any) -> str:
+    """The ``"preprocessing"`` entry of a call's ``params`` (see :attr:`CallHeader.preprocessing`)."""
+    value = params.get("preprocessing", PREPROCESSING_CLIPPED) if isinstance(params, dict) else PREPROCESSING_CLIPPED
+    return value if isinstance(value, str) else f"invalid:{value!r:.60}"
+
+
 @dataclass(frozen=True)
 class CallHeader:
     """What is fixed for one predict/certify call.
@@ -111,7 +126,8 @@ class CallHeader:
         denoiser_digest: SHA-256 of the denoiser's weights when it has any.
         noise_sd: σ in [0, 1] pixel units (0 for clean queries).
         seed: the seed the noise was drawn from, in [0, 2⁶³).
-        params: the call's other parameters (N, N0, alpha, ...), JSON-able.
+        params: the call's other parameters (N, N0, alpha, ...), JSON-able; ``"preprocessing"``
+            names how the noisy copies were prepared (see :attr:`preprocessing`).
         created: UNIX time the call started.
     """
 
@@ -127,6 +143,14 @@ class CallHeader:
     seed: int
     params: dict = field(default_factory=dict)
     created: float = 0.0
+
+    @property
+    def preprocessing(self) -> str:
+        """How the noisy copies were prepared: :data:`PREPROCESSING_UNCLIPPED` or
+        :data:`PREPROCESSING_CLIPPED` (also for calls logged before ``params`` had the entry).
+        Logged answers are reused only between calls with the same value. Any other value
+        (a later version, an edited file) is returned as a string and matches only itself."""
+        return preprocessing_of(self.params)
 
 
 @dataclass(frozen=True)

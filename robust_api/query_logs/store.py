@@ -39,7 +39,7 @@ from ..noise import PHASES
 from .opening import connect_log, translate_sqlite_error
 from .records import (
     MAX_LOGGED_COST_USD, CallHeader, CallLog, CallSummary, PhaseVotes, QueryRecord, dumps_raw,
-    header_from_values, record_from_values, record_order, summarize_call,
+    header_from_values, preprocessing_of, record_from_values, record_order, summarize_call,
 )
 
 __all__ = ["QueryLog", "SQLiteQueryLog", "MemoryQueryLog", "DEFAULT_LOG_DIR", "DEFAULT_LOG_FILENAME", "resolve_log_path"]
@@ -94,8 +94,10 @@ class QueryLog:
     def find_reusable(self, header: CallHeader, phase: str, count: int) -> dict[int, QueryRecord]:
         """Successful records of earlier calls with the same noise and model, by sample index < count.
 
-        "Same" means equal image digest, seed, noise_sd, provider, model version and denoiser
-        digest: such a record answered exactly the image the new call would send.
+        "Same" means equal image digest, seed, noise_sd, provider, model version, denoiser
+        identity and digest, and preprocessing (:attr:`CallHeader.preprocessing`: whether the
+        denoiser got the noisy copies clipped or not): such a record answered exactly the
+        image the new call would send.
         """
         raise NotImplementedError
 
@@ -152,6 +154,7 @@ def _same_source(a: CallHeader, b: CallHeader) -> bool:
         and a.model_version == b.model_version
         and a.denoiser_digest == b.denoiser_digest
         and a.denoiser_id == b.denoiser_id
+        and a.preprocessing == b.preprocessing
     )
 
 
@@ -422,7 +425,7 @@ class SQLiteQueryLog(QueryLog):
     def find_reusable(self, header: CallHeader, phase: str, count: int) -> dict[int, QueryRecord]:
         with self._lock, self._sqlite_errors("look for reusable answers in"):
             rows = self._conn.execute(
-                f"SELECT {', '.join('q.' + c.strip() for c in self._QUERY_COLUMNS.split(','))} "
+                f"SELECT {', '.join('q.' + c.strip() for c in self._QUERY_COLUMNS.split(','))}, c.params "
                 "FROM queries q JOIN calls c ON q.call_id = c.call_id "
                 "WHERE c.image_digest = ? AND c.seed = ? AND c.noise_sd = ? AND c.provider = ? "
                 "AND c.model_version IS ? AND c.denoiser_digest IS ? AND c.denoiser_id IS ? AND c.run_id != ? "
@@ -442,8 +445,14 @@ class SQLiteQueryLog(QueryLog):
             ).fetchall()
         found: dict[int, QueryRecord] = {}
         where = f"{self.path}: a call reusable for {header.run_id}"
+        wanted = header.preprocessing
+        same_preprocessing: dict = {}  # params text -> whether its preprocessing is the header's
         for row in rows:
-            found.setdefault(row[1], self._record(row, where))
+            params = row[-1]
+            if params not in same_preprocessing:
+                same_preprocessing[params] = preprocessing_of(self._json(params, "params", where)) == wanted
+            if same_preprocessing[params]:
+                found.setdefault(row[1], self._record(row[:-1], where))
         return found
 
     def call_summaries(self) -> list[CallSummary]:
