@@ -255,3 +255,25 @@ def test_a_photo_alias_denoises_a_noisy_photo_through_robust_api():
     assert sent.min() >= 0.0 and sent.max() <= 1.0
     noisy_error = 0.25  # the noise alone has RMS 0.25 (before clipping)
     assert float(np.sqrt(((sent - photo) ** 2).mean())) < 0.5 * noisy_error
+
+
+def test_a_checkpoint_from_before_unclipped_training_resumes_only_as_clipped(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    images = torch.rand(16, 3, 16, 16)
+    kwargs = dict(noise_sd=0.25, epochs=2, batch_size=8, device="cpu", checkpoint=tmp_path / "c.ckpt")
+    train_denoiser(_small_net(), images, **{**kwargs, "epochs": 1}, clip_noisy=True)
+    # rewrite it as the previous release wrote it: no clip_noisy in its settings
+    with safe_open(str(tmp_path / "c.ckpt"), framework="pt") as handle:
+        metadata = handle.metadata()
+    meta = json.loads(metadata["meta"])
+    del meta["settings"]["clip_noisy"]
+    meta["settings"]["epochs"] = 2
+    save_file(load_file(str(tmp_path / "c.ckpt")), str(tmp_path / "c.ckpt"), metadata={**metadata, "meta": json.dumps(meta)})
+    with pytest.raises(DenoiserError, match="was made with"):
+        train_denoiser(_small_net(), images, **kwargs)  # unclipped now: would silently change the noise
+    history = train_denoiser(_small_net(), images, **kwargs, clip_noisy=True)
+    assert [h.epoch for h in history] == [2]

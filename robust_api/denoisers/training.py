@@ -159,7 +159,10 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     if metadata.get("format") != _CHECKPOINT_FORMAT:
         raise DenoiserError(f"{os.fspath(path)!r} is not a robust_api training checkpoint")
     meta = json.loads(metadata["meta"])
-    if meta.get("settings") != settings:  # checked before the model is touched
+    saved = meta.get("settings")
+    if isinstance(saved, dict) and "clip_noisy" not in saved:
+        saved = {**saved, "clip_noisy": True}  # written before unclipped training existed: it trained on clipped copies
+    if saved != settings:  # checked before the model is touched
         raise DenoiserError(
             f"checkpoint {os.fspath(path)!r} was made with {meta.get('settings')}, not {settings}; "
             "delete it or rerun with the same arguments"
@@ -263,8 +266,9 @@ def train_denoiser(
     total_steps = steps_per_epoch * int(epochs)
     settings = {"objective": objective, "noise_sd": noise_sd, "epochs": int(epochs), "batch_size": int(batch_size),
                 "lr": float(lr), "seed": int(seed), "patch_size": patch_size, "num_items": num_items}
-    if clip_noisy or mse_weight:  # new keys only when used, so older checkpoints still resume
-        settings.update(clip_noisy=bool(clip_noisy), mse_weight=float(mse_weight))
+    settings["clip_noisy"] = bool(clip_noisy)  # a checkpoint without it trained on clipped copies
+    if mse_weight:  # only when used, so checkpoints from before the option still resume
+        settings["mse_weight"] = float(mse_weight)
     first_epoch = 1
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.is_file():
