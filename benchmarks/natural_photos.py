@@ -23,9 +23,8 @@ Rows: ``none`` (the classifier alone), ``nl-means`` (classical), ``ffdnet`` (FFD
 weights, when the optional GPL ``ffdnet`` package is installed; otherwise skipped with a note),
 then every ``--denoiser LABEL=NAME_OR_PATH``. NAME_OR_PATH is a shipped name
 (``robust_api.denoisers.available()``, e.g. ``photo-0.25``), ``nl-means``, ``ffdnet``, a
-robust_api denoiser ``.safetensors`` file, one of the paper's ``.pth.tar`` checkpoints, or a raw
-training state dict: a ``.safetensors`` file of ``model.``-prefixed tensors without robust_api
-metadata (``denoisers/train_photonet.py``'s ``*.final.safetensors``), built as ``--raw-arch``.
+robust_api denoiser ``.safetensors`` file (what ``denoisers/train_photonet.py`` writes), or one of
+the paper's ``.pth.tar`` checkpoints.
 A denoiser whose file says it was trained for one σ runs only at that σ (±10%).
 
 Query logs: one SQLite log per (denoiser, σ) under ``--cache-dir`` (default
@@ -38,7 +37,8 @@ cost time; delete a row's log to measure it afresh. Each (denoiser, σ) row of t
 Run (from the repository root)::
 
     python benchmarks/natural_photos.py [--sigmas 0.12,0.25] [--denoiser LABEL=NAME_OR_PATH ...]
-        [--no-defaults] [--max-crops K] [--cache-dir DIR] [--threads 2] [--no-throughput] [--write-docs]
+        [--no-defaults] [--skip LABEL@SIGMA ...] [--max-crops K] [--cache-dir DIR] [--threads 2]
+        [--no-throughput] [--write-docs]
 
 ``--write-docs`` replaces the section between ``<!-- natural_photos:begin -->`` and
 ``<!-- natural_photos:end -->`` in docs/benchmarks.md and writes docs/img/natural_photos.png.
@@ -50,7 +50,6 @@ the FFDNet row), and the Debian photo packages (``robust_api.denoisers.photos.DE
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -72,6 +71,7 @@ from benchmarks.denoiser_throughput import device_name  # noqa: E402
 from robust_api import ABSTAIN, RobustAPI  # noqa: E402
 from robust_api.analysis.metrics import average_certified_radius, certified_accuracy_curve  # noqa: E402
 from robust_api.errors import MissingDependencyError, RobustAPIError  # noqa: E402
+from robust_api.noise import as_fed, clips_noisy_copies  # noqa: E402
 from robust_api.statistics import clopper_pearson_lower, clopper_pearson_upper  # noqa: E402
 
 CLASSIFIER = "efficientnet-lite2"
@@ -80,8 +80,6 @@ PLOT = ROOT / "docs" / "img" / "natural_photos.png"
 BEGIN_MARKER = "<!-- natural_photos:begin -->"
 END_MARKER = "<!-- natural_photos:end -->"
 DEFAULT_SOURCES = (("nl-means", "nl-means"), ("ffdnet", "ffdnet"))
-#: denoisers/train_photonet.py's PhotoNet (its ARCH with 3 image channels), for raw training files.
-DEFAULT_RAW_ARCH = 'photonet:{"image_channels": 3, "widths": [32, 64, 128], "blocks": 2, "noise_sd_range": [0.0, 0.55]}'
 SIGMA_TOLERANCE = 0.10
 THROUGHPUT_BATCH = 20
 PAPER = ("Salman et al. (2020), Fig. 6, σ = 0.25, N = 100, Stab+MSE denoisers, label = the API's answer on the clean "
@@ -107,6 +105,18 @@ def parse_denoiser_option(text: str) -> tuple[str, str]:
     if re.search(r"[|\n`]", label):
         raise ValueError(f"a denoiser label cannot hold '|', '`' or a newline: {label!r}")
     return label, source
+
+
+def parse_skip_option(text: str) -> tuple[str, float]:
+    """``"LABEL@SIGMA"`` → (label, σ): a row this run leaves out. Raises ValueError otherwise."""
+    label, sep, sigma = text.rpartition("@")
+    try:
+        value = float(sigma)
+    except ValueError:
+        value = float("nan")
+    if not sep or not label.strip() or not 0 < value <= 1:
+        raise ValueError(f"--skip takes LABEL@SIGMA, e.g. ffdnet@0.12, got {text!r}")
+    return label.strip(), value
 
 
 def log_file_name(label: str, sigma: float, device: str = "cpu") -> str:
@@ -161,49 +171,22 @@ class Row:
         return bool(self.labels)
 
 
-def _read_safetensors_metadata(path: Path) -> tuple[Optional[dict], list]:
-    from safetensors import safe_open
-
-    with safe_open(os.fspath(path), framework="pt") as handle:
-        return handle.metadata(), list(handle.keys())
-
-
-def load_raw_state_dict(path: Path, raw_arch: str):
-    """A raw training state dict (``model.``-prefixed tensors, no metadata) built as
-    ``raw_arch`` = ``"ARCH:JSON_CONFIG"``; eval mode on the CPU."""
-    from safetensors.torch import load_file
-
-    from robust_api.denoisers.loading import denoiser_from_state_dict
-
-    arch, _, config = raw_arch.partition(":")
-    state = {k.removeprefix("model."): v for k, v in load_file(os.fspath(path)).items()}
-    return denoiser_from_state_dict(arch, json.loads(config), state, source=repr(os.fspath(path)))
-
-
-def load_denoiser_for(source: Optional[str], sigma: float, device: str, raw_arch: str):
+def load_denoiser_for(source: Optional[str], sigma: float, device: str):
     """(module or None, note): the denoiser ``source`` for noise level ``sigma``, or None and
     the reason it has no row at this σ (None, "" for the row without a denoiser)."""
-    from robust_api.denoisers.loading import DENOISER_FORMAT, load_denoiser
+    from robust_api.denoisers.loading import load_denoiser
 
     if source is None:
         return None, ""
-    path = Path(source)
     try:
         if source == "nl-means":
             return load_denoiser("nl-means", noise_sd=sigma, device=device), ""
-        if path.suffix == ".safetensors" and path.is_file():
-            metadata, keys = _read_safetensors_metadata(path)
-            if (metadata or {}).get("format") != DENOISER_FORMAT and keys and all(k.startswith("model.") for k in keys):
-                module = load_raw_state_dict(path, raw_arch).to(device)
-            else:
-                module = load_denoiser(source, device=device)
-        else:
-            module = load_denoiser(source, device=device)
+        module = load_denoiser(source, device=device)
     except MissingDependencyError as exc:
         return None, f"not measured: {exc}"
     trained_range = getattr(module, "noise_sd_range", None)
     trained = getattr(module, "noise_sd", None)
-    if trained_range is None and trained is not None and abs(sigma - trained) > SIGMA_TOLERANCE * trained:
+    if trained is not None and abs(sigma - trained) > SIGMA_TOLERANCE * trained:  # fine-tuned for one σ
         return None, f"trained for σ = {trained:g}"
     if trained_range is not None and not trained_range[0] <= sigma <= trained_range[1]:
         return module, f"outside its trained σ range [{trained_range[0]:g}, {trained_range[1]:.3g}]"
@@ -237,17 +220,13 @@ def certify_row(row: Row, module, crops: np.ndarray, names: Sequence[str], args)
 def psnr_of(module, images: torch.Tensor, sigma: float, seed: int) -> float:
     """Mean PSNR (dB) of ``module`` on float [N, 3, H, W] ``images`` + σ noise (seeded), fed as
     the SDK feeds it; ``module`` None: the clipped noisy copy (what the classifier gets)."""
-    from robust_api.denoisers.base import noisy_input_of
     from robust_api.denoisers.training import psnr
 
-    if module is None:
-        return psnr(torch.nn.Identity(), images, sigma, seed=seed, batch_size=8, clip=True)
-    return psnr(module, images, sigma, seed=seed, batch_size=8, clip=noisy_input_of(module) == "clipped")
+    return psnr(module or torch.nn.Identity(), images, sigma, seed=seed, batch_size=8, clip=clips_noisy_copies(module))
 
 
 def copies_per_second(module, sigma: float, crops: np.ndarray, device: str, repeats: int) -> float:
     """Noisy 224² copies per second through ModuleDenoiser (fp32) + LocalProvider.send (lite2)."""
-    from robust_api.denoisers.base import noisy_input_of
     from robust_api.providers.local import LocalProvider
     from robust_api.torch_utils import ModuleDenoiser
 
@@ -255,8 +234,7 @@ def copies_per_second(module, sigma: float, crops: np.ndarray, device: str, repe
     clean = crops[np.arange(THROUGHPUT_BATCH) % len(crops)].astype(np.float32) / 255
     noisy = clean + sigma * np.random.default_rng(0).standard_normal(clean.shape, dtype=np.float32)
     runner = None
-    if module is None or noisy_input_of(module) == "clipped":
-        noisy = np.clip(noisy, 0, 1)
+    noisy = as_fed(module, noisy)
     if module is not None:
         runner = ModuleDenoiser(module, device=device, mixed_precision=False)
         runner.set_noise_sd(sigma)
@@ -283,19 +261,26 @@ def machine_text(threads: int) -> str:
             f"load average {os.getloadavg()[0]:.1f} when the run started")
 
 
-def certified_table(rows: list[Row], sigma: float, clean: list) -> str:
+def certified_table(rows: list[Row], sigma: float, clean: list, center: Sequence[bool]) -> str:
+    """One markdown table: per row PSNR, certified accuracy (%) at each radius, then at r = 0 on
+    the ``center`` views only (the ImageNet-style view of each photo), ACR, abstentions."""
     radii = radius_columns(sigma)
-    lines = ["| denoiser | PSNR dB | " + " | ".join(f"r = {r:g}" for r in radii) + " | ACR | abstained | note |",
-             "|---|---:|" + "---:|" * len(radii) + "---:|---:|---|"]
+    picked = [i for i, is_center in enumerate(center) if is_center]
+    lines = ["| denoiser | PSNR dB | " + " | ".join(f"r = {r:g}" for r in radii)
+             + f" | r = 0, {_plural(len(picked), 'center view')} | ACR | abstained | note |",
+             "|---|---:|" + "---:|" * (len(radii) + 1) + "---:|---:|---|"]
     for row in rows:
         psnr = "" if row.psnr_db is None else f"{row.psnr_db:.2f}"
         if row.measured:
             curve = certified_accuracy_curve(row.labels, row.radii, clean, radii)
             acr = average_certified_radius(row.labels, row.radii, clean)
             abstained = sum(label is ABSTAIN for label in row.labels) / len(row.labels)
-            cells = [f"{100 * a:.1f}" for a in curve] + [f"{acr:.3f}", f"{100 * abstained:.0f}%"]
+            on_center = certified_accuracy_curve([row.labels[i] for i in picked], [row.radii[i] for i in picked],
+                                                 [clean[i] for i in picked], [0.0])[0] if picked else float("nan")
+            cells = [f"{100 * a:.1f}" for a in curve]
+            cells += [f"{100 * on_center:.1f}", f"{acr:.3f}", f"{100 * abstained:.0f}%"]
         else:
-            cells = ["-"] * (len(radii) + 2)
+            cells = ["-"] * (len(radii) + 3)
         lines.append(f"| {row.label} | {psnr} | " + " | ".join(cells) + f" | {row.note} |")
     return "\n".join(lines)
 
@@ -332,7 +317,7 @@ def plot_curves(rows: list[Row], sigmas: list[float], clean: list, path: Path, a
     axes[0][0].set_ylabel("certified accuracy (%)")
     fig.suptitle(f"{CLASSIFIER} on {len(clean)} natural-photo crops, N0 = {args.n0}, N = {args.n}, "
                  f"α = {args.alpha:g}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -346,8 +331,18 @@ def _paragraph(text: str) -> str:
     return textwrap.fill(text, width=100, break_long_words=False, break_on_hyphens=False)
 
 
+def clean_confidence(crops: np.ndarray) -> np.ndarray:
+    """[N] float: the probability the classifier gives its own answer on each clean uint8 crop."""
+    from robust_api.models.imagenet import load_imagenet_classifier
+
+    classifier = load_imagenet_classifier(CLASSIFIER)
+    images = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255)
+    with torch.no_grad():
+        return torch.cat([classifier(images[i : i + 16]).softmax(1).amax(1) for i in range(0, len(images), 16)]).numpy()
+
+
 def report(rows: list[Row], sigmas: list[float], clean: list, names: Sequence[str], speeds: dict,
-           devices: list[str], sources: Sequence[tuple], args, command: str) -> str:
+           devices: list[str], sources: Sequence[tuple], args, command: str, confidence: np.ndarray) -> str:
     """The markdown section: command, setup, one certified-accuracy table per σ, throughput, plot."""
     photos = len({name.split("/")[0] for name in names})
     count = len(clean)
@@ -376,10 +371,19 @@ def report(rows: list[Row], sigmas: list[float], clean: list, names: Sequence[st
             f"With {_plural(count, 'crop')}, a certified accuracy near 50% has a 95% Clopper–Pearson interval of "
             f"±{100 * half:.0f} points, and the five crops of a photo are correlated, so differences of a few "
             "points between rows are noise."),
+        "",
+        _paragraph(
+            f"How hard these crops are: on the clean crops `{CLASSIFIER}` gives its own answer a median probability "
+            f"of {float(np.median(confidence)):.2f}, and {100 * float(np.mean(confidence >= 0.5)):.0f}% of crops at "
+            "least 0.5. Most views are scenes, textures or parts of an object rather than one ImageNet object, so "
+            "the answer that counts is a weak guess that noise easily flips; the paper's ImageNet photos are "
+            "centred on one of the 1,000 classes. The column for the center views (each photo resized and "
+            "center-cropped, as ImageNet is evaluated) is the closest to that setting."),
     ]
     for sigma in sigmas:
         parts += ["", f"Certified accuracy (%) at σ = {sigma:g}:", "",
-                  certified_table([r for r in rows if r.sigma == sigma], sigma, clean)]
+                  certified_table([r for r in rows if r.sigma == sigma], sigma, clean,
+                                  [name.endswith("/center") for name in names])]
     if speeds:
         parts += ["", _paragraph(
             f"Denoise + classify with {CLASSIFIER}: noisy 224² copies per second (batches of {THROUGHPUT_BATCH}, "
@@ -396,11 +400,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--denoiser", action="append", default=[], metavar="LABEL=NAME_OR_PATH",
                         help="a denoiser row (repeatable)")
     parser.add_argument("--no-defaults", action="store_true", help="leave out the nl-means and ffdnet rows")
+    parser.add_argument("--skip", action="append", default=[], metavar="LABEL@SIGMA",
+                        help="leave out one row (repeatable); the table shows it as not measured")
     parser.add_argument("--max-crops", type=int, default=None, help="the first K test crops (default all)")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "build" / "benchmarks" / "natural_photos")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="device of the certification runs (default cpu)")
-    parser.add_argument("--raw-arch", default=DEFAULT_RAW_ARCH, help="ARCH:JSON_CONFIG of raw training files")
     parser.add_argument("--repeats", type=int, default=3, help="timed throughput runs (median reported)")
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md and the plot")
@@ -412,6 +417,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
         extra = [parse_denoiser_option(text) for text in args.denoiser]
+        skipped = {parse_skip_option(text) for text in args.skip}
     except ValueError as exc:
         parser.error(str(exc))
     if not sigmas or not all(0 < s <= 1 for s in sigmas):
@@ -429,7 +435,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"{DOCS}: {exc}")
     for label, source in extra:  # a typo in a name or path fails now, before any row is certified
         try:
-            load_denoiser_for(source, sigmas[0], "cpu", args.raw_arch)
+            load_denoiser_for(source, sigmas[0], "cpu")
         except (RobustAPIError, OSError, ValueError) as exc:
             parser.error(f"--denoiser {label}={source}: {exc}")
     torch.set_num_threads(args.threads)
@@ -450,7 +456,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for label, source in sources:
             row = Row(label, sigma)
             rows.append(row)
-            module, row.note = load_denoiser_for(source, sigma, args.device, args.raw_arch)
+            if any(label == s_label and abs(sigma - s_sigma) < 1e-9 for s_label, s_sigma in skipped):
+                row.note = "not measured in this run (--skip)"
+                continue
+            module, row.note = load_denoiser_for(source, sigma, args.device)
             if module is None and source is not None:
                 print(f"[{label} σ={sigma:g}] skipped: {row.note}", file=sys.stderr, flush=True)
                 continue
@@ -469,11 +478,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 continue
             sigma = 0.25 if 0.25 in measured else measured[0]
             for device in devices:
-                module, _ = load_denoiser_for(source, sigma, device, args.raw_arch)
+                module, _ = load_denoiser_for(source, sigma, device)
                 speed = copies_per_second(module, sigma, crops, device, args.repeats)
                 speeds.setdefault((label, sigma), {})[device] = f"{speed:.1f}"
 
-    text = report(rows, sigmas, clean, names, speeds, devices, sources, args, command)
+    text = report(rows, sigmas, clean, names, speeds, devices, sources, args, command, clean_confidence(crops))
     print(text)
     if args.write_docs:
         DOCS.write_text(replace_marked_section(DOCS.read_text(encoding="utf-8"), text), encoding="utf-8")

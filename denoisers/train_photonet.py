@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from robust_api.denoisers.base import build_architecture
-from robust_api.denoisers.loading import denoiser_from_state_dict, save_denoiser
+from robust_api.denoisers.loading import load_denoiser, save_denoiser
 from robust_api.denoisers.photos import evaluation_crops, load_split
 from robust_api.denoisers.training import psnr, train_denoiser
 
@@ -45,13 +45,6 @@ def _val_tensor(size: int = 224) -> torch.Tensor:
     return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _load_weights(path: Path):
-    from safetensors.torch import load_file
-
-    state = {k[len("model."):]: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
-    return denoiser_from_state_dict("photonet", {"image_channels": 3, **ARCH}, state)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stage", choices=("mse", "stab"))
@@ -60,12 +53,16 @@ def main(argv=None) -> int:
     parser.add_argument("--patches-per-epoch", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--mse-weight", type=float, default=1.0)
+    parser.add_argument("--mse-weight", type=float, default=100.0,
+                        help="stab: weight of the MSE term next to the cross-entropy (default 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--log", type=Path, default=None)
+    parser.add_argument("--name", default=None,
+                        help="stem of the checkpoint and final weights in build/denoisers (default: photonet-mse, "
+                             "photonet-stab-<σ>); a new name starts a new run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     BUILD.mkdir(parents=True, exist_ok=True)
@@ -75,7 +72,7 @@ def main(argv=None) -> int:
     val = _val_tensor()
     began = time.perf_counter()
     if args.stage == "mse":
-        name = "photonet-mse"
+        name = args.name or "photonet-mse"
         model = build_architecture("photonet", image_channels=3, **ARCH)
         images = load_split("train", shorter_sides=(256, 384, 512, 768))
         settings = dict(noise_sd=(0.0, 0.55), objective="mse", epochs=args.epochs or 50,
@@ -85,13 +82,13 @@ def main(argv=None) -> int:
     else:
         from robust_api.models.imagenet import load_imagenet_classifier
 
-        name = f"photonet-stab-{args.noise_sd:.2f}"
-        model = _load_weights(BUILD / "photonet-mse.final.safetensors")
+        name = args.name or f"photonet-stab-{args.noise_sd:.2f}"
+        model = load_denoiser(str(BUILD / "photonet-mse.final.safetensors"), device="cpu").train()
         images = load_split("train", shorter_sides=(256, 320, 448))
         classifiers = [load_imagenet_classifier("efficientnet-lite0")]
-        settings = dict(noise_sd=args.noise_sd, objective="stability", epochs=args.epochs or 20,
+        settings = dict(noise_sd=args.noise_sd, objective="stability", epochs=args.epochs or 10,
                         patch_size=224, patches_per_epoch=args.patches_per_epoch or 256,
-                        batch_size=args.batch_size or 8, lr=args.lr or 1e-4, mse_weight=args.mse_weight)
+                        batch_size=args.batch_size or 8, lr=args.lr or 3e-5, mse_weight=args.mse_weight)
     checkpoint = BUILD / f"{name}.ckpt"
     log.info("%s: %d training images, settings %s", name, len(images), settings)
 
@@ -107,13 +104,9 @@ def main(argv=None) -> int:
     scores = {f"{sd:.2f}": round(psnr(model, val, sd, seed=1), 3) for sd in (0.12, 0.25, 0.5)}
     log.info("val PSNR by σ: %s", scores)
     final = BUILD / f"{name}.final.safetensors"
-    state = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    from safetensors.torch import save_file
-
-    save_file(state, str(final))
-    if args.out is not None:
+    for target in [final] + ([args.out] if args.out is not None else []):
         noise_sd = None if args.stage == "mse" else args.noise_sd
-        save_denoiser(model, args.out, noise_sd=noise_sd, extra_metadata={
+        save_denoiser(model, target, noise_sd=noise_sd, extra_metadata={
             "dataset": "Debian photos, train split (robust_api.denoisers.photos)",
             "objective": settings["objective"] if args.stage == "mse" else f"stability+{args.mse_weight}*mse",
             "surrogates": json.dumps(["efficientnet-lite0"] if classifiers else []),
@@ -121,7 +114,7 @@ def main(argv=None) -> int:
             "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
             "val_psnr_db": json.dumps(scores), "torch": torch.__version__,
         })
-        log.info("saved %s", args.out)
+        log.info("saved %s", target)
     return 0
 
 

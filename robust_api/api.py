@@ -35,7 +35,7 @@ from .errors import (
 )
 from .images import DEFAULT_MAX_PIXELS, as_image, image_digest
 from .memory import MemoryPool, activation_bytes_for, check_memory_limit, minimum_bytes, plan_blocks
-from .noise import NoiseSampler
+from .noise import NoiseSampler, clips_noisy_copies
 from .offline import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, CertifySettings, certify_from_log, guess_from_records, predict_from_log
 from .providers.base import Provider, create_provider, provider_factory
 from .providers.callable import CallableProvider
@@ -819,7 +819,7 @@ class RobustAPI:
     def _clips_before_denoiser(self) -> bool:
         """True when the noisy copies are clipped to [0, 1] before anything uses them: without a
         denoiser, or for one trained on clipped copies (``noisy_input == "clipped"``)."""
-        return self.denoiser is None or getattr(self.denoiser, "noisy_input", "unclipped") == "clipped"
+        return clips_noisy_copies(self.denoiser)
 
     def _preprocessing(self) -> str:
         """The log's name for how this object prepares noisy copies (``CallHeader.preprocessing``)."""

@@ -24,9 +24,44 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InvalidParameterError
+from .errors import DenoiserError, InvalidParameterError
 
-__all__ = ["PHASES", "noise_key", "NoiseSampler", "SLAB_BYTES_PER_VALUE", "DEFAULT_SLAB_BYTES"]
+__all__ = [
+    "NOISY_INPUTS", "noisy_input_of", "clips_noisy_copies", "as_fed",
+    "PHASES", "noise_key", "NoiseSampler", "SLAB_BYTES_PER_VALUE", "DEFAULT_SLAB_BYTES",
+]
+
+#: What a denoiser is fed: "unclipped" x + σ·z (the default), or "clipped" clip(x + σ·z, 0, 1)
+#: for weights trained on clipped copies.
+NOISY_INPUTS = ("unclipped", "clipped")
+
+
+def noisy_input_of(module: object) -> str:
+    """The input ``module`` (a denoiser) expects, one of :data:`NOISY_INPUTS`: its ``noisy_input``
+    attribute, "unclipped" when it has none. Raises :class:`DenoiserError` for another value."""
+    value = getattr(module, "noisy_input", "unclipped")
+    if value not in NOISY_INPUTS:
+        raise DenoiserError(
+            f"{type(module).__name__}.noisy_input must be one of {NOISY_INPUTS} (what the denoiser was trained on), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def clips_noisy_copies(module: object) -> bool:
+    """True when the noisy copies x + σz are clipped to [0, 1] before ``module`` sees them: for no
+    denoiser (``module`` None; the classifier gets the clipped copy) and for a denoiser trained on
+    clipped copies (``noisy_input == "clipped"``). Every other denoiser gets them unclipped."""
+    return module is None or noisy_input_of(module) == "clipped"
+
+
+def as_fed(module: object, noisy):
+    """``noisy`` (a torch tensor or NumPy array of x + σz, any shape) as RobustAPI feeds it to
+    ``module``: clipped to [0, 1] where :func:`clips_noisy_copies` says so, else unchanged."""
+    if not clips_noisy_copies(module):
+        return noisy
+    return noisy.clamp(0.0, 1.0) if hasattr(noisy, "clamp") else np.clip(noisy, 0.0, 1.0)
+
 
 #: The sampling phases a query can belong to.
 #: clean: the unperturbed image (noise_sd = 0); selection: Cohen's n₀ samples that pick ĉ;

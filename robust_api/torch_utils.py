@@ -127,6 +127,7 @@ class ModuleDenoiser:
 
         self.noise_sd = getattr(module, "noise_sd", None)
         self.noise_sd_range = _checked_noise_sd_range(module)
+        self.fine_tuned_noise_sd = getattr(module, "fine_tuned_noise_sd", None) if self.noise_sd_range else None
         self.noisy_input = noisy_input_of(module)
         self._warned_noise_sds: set = set()
         self._warn_lock = threading.Lock()
@@ -160,16 +161,21 @@ class ModuleDenoiser:
     def warn_if_untrained(self, noise_sd: float) -> bool:
         """Warn (:class:`DenoiserNoiseLevelWarning`, once per σ for this runner) when the module
         is used at a σ it was not trained for: outside ``noise_sd_range`` for a σ-conditioned
-        module, else more than ``NOISE_SD_TOLERANCE`` (relative) from its ``noise_sd``. Nothing
-        when neither is known. Returns True when it warned now."""
+        module (or more than ``NOISE_SD_TOLERANCE`` from the σ it was fine-tuned for, if any),
+        else more than ``NOISE_SD_TOLERANCE`` (relative) from its ``noise_sd``. Nothing when
+        neither is known. Returns True when it warned now."""
         from .denoisers.base import NOISE_SD_TOLERANCE
 
         noise_sd = float(noise_sd)
+        tuned = self.fine_tuned_noise_sd
         if self.noise_sd_range is not None:
             low, high = self.noise_sd_range
-            if low <= noise_sd <= high:
+            if not low <= noise_sd <= high:
+                trained = f"trained for noise_sd in [{low:g}, {high:g}]"
+            elif tuned is not None and abs(noise_sd - tuned) > NOISE_SD_TOLERANCE * tuned:
+                trained = f"fine-tuned for noise_sd={tuned:g}"
+            else:
                 return False
-            trained = f"trained for noise_sd in [{low:g}, {high:g}]"
         elif self.noise_sd is not None:
             if abs(noise_sd - self.noise_sd) <= NOISE_SD_TOLERANCE * self.noise_sd:
                 return False

@@ -1,5 +1,6 @@
 """The pure helpers of benchmarks/natural_photos.py: the docs-section replacement, the
---denoiser option, the per-row log names and the interval it reports. Nothing is measured here."""
+--denoiser option, the per-row log names, the interval it reports, and at which σ a denoiser gets a
+row. Nothing is measured here."""
 
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ def test_parse_denoiser_option(bench):
             bench.parse_denoiser_option(bad)
 
 
+def test_parse_skip_option(bench):
+    assert bench.parse_skip_option("ffdnet@0.12") == ("ffdnet", 0.12)
+    assert bench.parse_skip_option("stab@home@0.25") == ("stab@home", 0.25)
+    for bad in ("ffdnet", "ffdnet@", "@0.25", "ffdnet@0", "ffdnet@1.5", "ffdnet@x"):
+        with pytest.raises(ValueError, match="LABEL@SIGMA"):
+            bench.parse_skip_option(bad)
+
+
 def test_log_file_names_separate_rows(bench):
     names = {bench.log_file_name(label, sigma) for label in ("none", "ffdnet", "photo 0.25/stab") for sigma in (0.12, 0.25)}
     assert len(names) == 6
@@ -87,3 +96,21 @@ def test_interval_half_width_is_the_two_sided_clopper_pearson(bench):
     expected = (beta.ppf(0.975, k + 1, n - k) - beta.ppf(0.025, k, n - k + 1)) / 2
     assert bench.interval_half_width(k, n) == pytest.approx(expected, rel=1e-9)
     assert 0.12 < bench.interval_half_width(k, n) < 0.14  # the "±13 points" the report states for 65 crops
+
+
+def test_a_denoiser_has_rows_only_at_the_sigma_it_was_trained_or_fine_tuned_for(bench, tmp_path):
+    from robust_api.denoisers import build_architecture, save_denoiser
+
+    net = build_architecture("photonet", widths=(8, 16, 16), blocks=1)
+    ranged = save_denoiser(net, tmp_path / "ranged.safetensors", noise_sd=None)
+    tuned = save_denoiser(net, tmp_path / "tuned.safetensors", noise_sd=0.25)
+    for sigma in (0.12, 0.25):
+        module, note = bench.load_denoiser_for(str(ranged), sigma, "cpu")
+        assert module is not None and note == ""
+    module, note = bench.load_denoiser_for(str(tuned), 0.26, "cpu")
+    assert module is not None and note == ""
+    module, note = bench.load_denoiser_for(str(tuned), 0.12, "cpu")
+    assert module is None and note == "trained for σ = 0.25"
+    module, note = bench.load_denoiser_for(str(ranged), 0.7, "cpu")
+    assert module is not None and "outside its trained σ range [0, 0.55]" in note
+    assert bench.load_denoiser_for(None, 0.25, "cpu") == (None, "")

@@ -142,6 +142,21 @@ def test_module_denoiser_gets_unclipped_copies_unless_trained_on_clipped_ones():
         RobustAPI(RecordingProvider(), denoiser=probe, log=False, device="cpu")
 
 
+def test_as_fed_clips_only_for_no_denoiser_or_one_trained_on_clipped_copies():
+    from robust_api.noise import as_fed, clips_noisy_copies
+
+    noisy = np.array([-0.4, 0.5, 1.3], dtype=np.float32)
+    plain, clipped = torch.nn.Identity(), torch.nn.Identity()
+    clipped.noisy_input = "clipped"
+    assert clips_noisy_copies(None) and clips_noisy_copies(clipped) and not clips_noisy_copies(plain)
+    assert as_fed(plain, noisy) is noisy
+    np.testing.assert_array_equal(as_fed(None, noisy), [0.0, 0.5, 1.0])
+    torch.testing.assert_close(as_fed(clipped, torch.from_numpy(noisy)), torch.tensor([0.0, 0.5, 1.0]))
+    clipped.noisy_input = "raw"
+    with pytest.raises(DenoiserError, match="noisy_input"):
+        as_fed(clipped, noisy)
+
+
 def test_denoiser_files_record_their_input_and_old_files_read_as_clipped(tmp_path):
     module = DnCNN(image_channels=1, depth=3, channels=4)
     assert noisy_input_of(module) == "unclipped"
@@ -158,8 +173,9 @@ def test_denoiser_files_record_their_input_and_old_files_read_as_clipped(tmp_pat
         metadata = {k: v for k, v in handle.metadata().items() if k != "noisy_input"}
     save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=metadata)
     assert load_denoiser(tmp_path / "old.safetensors", device="cpu").noisy_input == "clipped"
-    for name in robust_api.denoisers.available():  # all shipped files predate the entry
-        assert load_denoiser(name, device="cpu").noisy_input == "clipped", name
+    for name in robust_api.denoisers.available():  # files from before the entry read as clipped
+        expected = "unclipped" if name.startswith("photonet-") else "clipped"
+        assert load_denoiser(name, device="cpu").noisy_input == expected, name
     save_file(load_file(str(path)), str(tmp_path / "bad.safetensors"), metadata={**metadata, "noisy_input": "raw"})
     with pytest.raises(DenoiserError, match="noisy_input"):
         load_denoiser(tmp_path / "bad.safetensors", device="cpu")

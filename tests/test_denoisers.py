@@ -785,6 +785,10 @@ def test_available_is_a_sorted_list_of_loadable_names():
     assert "nl-means" not in names
     for name in names:  # (empty until weights are shipped)
         module = load_denoiser(name, device="cpu")
+        if module.noise_sd is None:  # σ-conditioned: RobustAPI sets each call's σ
+            with pytest.raises(DenoiserError, match="needs σ"):
+                module(_rand(1, module.image_channels, 32, 32))
+            module.set_noise_sd(0.25)
         size = 28 if module.image_channels == 1 else 32
         x = _rand(1, module.image_channels, size, size)
         with torch.no_grad():
@@ -806,9 +810,13 @@ def test_shipped_files_carry_format_and_noise_level():
         with safe_open(os.fspath(path), framework="pt") as handle:
             metadata = handle.metadata()
         assert metadata["format"] == DENOISER_FORMAT, path.name
-        sigma = json.loads(metadata["noise_sd"])
-        assert isinstance(sigma, float) and 0 < sigma <= 1, path.name
-        assert isinstance(json.loads(metadata["config"]), dict) and metadata["arch"], path.name
+        sigma, config = json.loads(metadata["noise_sd"]), json.loads(metadata["config"])
+        assert isinstance(config, dict) and metadata["arch"], path.name
+        if sigma is None:  # one network for a range of σ
+            low, high = config["noise_sd_range"]
+            assert 0 <= low < high <= 1, path.name
+        else:
+            assert isinstance(sigma, float) and 0 < sigma <= 1, path.name
 
 
 # ----------------------------------------------------------------------------------------------

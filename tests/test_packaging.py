@@ -39,6 +39,8 @@ def test_shipped_weights_load_by_name_after_a_non_editable_install(tmp_path):
         "shapes = {}\n"
         "for name in names:\n"
         "    d = robust_api.load_denoiser(name, device='cpu')\n"
+        "    if d.noise_sd is None:\n"
+        "        d.set_noise_sd(0.25)\n"
         "    x = torch.rand(2, d.image_channels, 28, 28)\n"
         "    shapes[name] = list(d(x).shape)\n"
         "from robust_api.models.imagenet import imagenet_class_names\n"

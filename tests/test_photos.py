@@ -165,6 +165,46 @@ def test_photonet_file_round_trip(tmp_path):
         torch.testing.assert_close(loaded(x), net(x, 0.25))
 
 
+def test_a_range_trained_photonet_file_takes_its_sigma_at_load_time(tmp_path):
+    net = _small_net().eval()
+    path = save_denoiser(net, tmp_path / "range.safetensors", noise_sd=None)
+    bare = load_denoiser(path)
+    assert bare.noise_sd is None and bare.fine_tuned_noise_sd is None
+    with pytest.raises(DenoiserError, match=r"load_denoiser\(\.\.\., noise_sd=σ\)"):
+        bare(torch.rand(1, 3, 16, 16))
+    told = load_denoiser(path, noise_sd=0.12)
+    assert told.noise_sd == 0.12 and told.fine_tuned_noise_sd is None
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(told(x), net(x, 0.12))
+
+
+def _noise_level_warnings(runner, noise_sd):
+    import warnings
+
+    from robust_api.errors import DenoiserNoiseLevelWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner.warn_if_untrained(noise_sd)
+    return [str(w.message) for w in caught if issubclass(w.category, DenoiserNoiseLevelWarning)]
+
+
+def test_a_photonet_fine_tuned_for_one_sigma_warns_away_from_it(tmp_path):
+    from robust_api.torch_utils import ModuleDenoiser
+
+    tuned = load_denoiser(save_denoiser(_small_net(), tmp_path / "tuned.safetensors", noise_sd=0.25))
+    assert tuned.fine_tuned_noise_sd == 0.25
+    runner = ModuleDenoiser(tuned, device="cpu")
+    assert _noise_level_warnings(runner, 0.26) == []  # within 10%
+    message = _noise_level_warnings(runner, 0.12)
+    assert len(message) == 1 and "fine-tuned for noise_sd=0.25" in message[0]
+    assert "[0, 0.55]" in _noise_level_warnings(runner, 0.7)[0]  # outside the trained range
+    ranged = ModuleDenoiser(load_denoiser(save_denoiser(_small_net(), tmp_path / "r.safetensors", noise_sd=None)),
+                            device="cpu")
+    assert _noise_level_warnings(ranged, 0.12) == [] and _noise_level_warnings(ranged, 0.5) == []
+
+
 # ----------------------------------------------------------------------------------------------
 # training: unclipped copies, a σ range, uint8 photos
 

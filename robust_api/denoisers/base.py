@@ -32,15 +32,12 @@ import torch
 from torch import nn
 
 from ..errors import DenoiserError
+from ..noise import NOISY_INPUTS, as_fed, clips_noisy_copies, noisy_input_of
 
 __all__ = [
     "DenoiserModule", "register_architecture", "build_architecture", "architecture_names", "NOISE_SD_TOLERANCE",
-    "NOISY_INPUTS", "noisy_input_of",
+    "NOISY_INPUTS", "noisy_input_of", "clips_noisy_copies", "as_fed",
 ]
-
-#: What a denoiser is fed: "unclipped" x + σ·z (the default), or "clipped" clip(x + σ·z, 0, 1)
-#: for weights trained on clipped copies.
-NOISY_INPUTS = ("unclipped", "clipped")
 
 #: Relative distance between the σ of a call and a denoiser's trained ``noise_sd`` above which
 #: the runner warns (σ-conditioned denoisers: outside ``noise_sd_range`` instead).
@@ -61,6 +58,9 @@ class DenoiserModule(nn.Module):
             :meth:`set_noise_sd`, or the one given at load time).
         noise_sd_range: None for a denoiser trained for one σ; (lo, hi), 0 ≤ lo < hi ≤ 1, for a
             σ-conditioned denoiser: the σ its weights were trained on (class or instance attribute).
+        fine_tuned_noise_sd: for a σ-conditioned denoiser whose weights were then fine-tuned for
+            one σ (a file with both ``noise_sd_range`` and ``noise_sd``), that σ; None otherwise.
+            The runner warns when it is used more than 10% away from it.
         noisy_input: "unclipped" (default: ``forward`` gets x + σ·z) or "clipped" (weights
             trained on clip(x + σ·z, 0, 1), which is then what ``forward`` gets); see :data:`NOISY_INPUTS`.
         activation_channels: the widest feature map, in channels; used to size batches.
@@ -77,6 +77,7 @@ class DenoiserModule(nn.Module):
             raise DenoiserError(f"image_channels must be 1 (gray) or 3 (RGB), got {image_channels!r}")
         self.image_channels = int(image_channels)
         self.noise_sd: Optional[float] = None
+        self.fine_tuned_noise_sd: Optional[float] = None
 
     def config(self) -> Dict[str, Any]:
         """Constructor arguments (JSON-able) that rebuild this architecture with fresh weights."""
@@ -102,19 +103,6 @@ class DenoiserModule(nn.Module):
             )
         if not x.is_floating_point():
             raise DenoiserError(f"{type(self).__name__} expects a float tensor, got {x.dtype}")
-
-
-def noisy_input_of(module: Any) -> str:
-    """The input ``module`` expects, one of :data:`NOISY_INPUTS`: its ``noisy_input`` attribute,
-    "unclipped" when it has none (any ``torch.nn.Module``). Raises :class:`DenoiserError` for
-    another value."""
-    value = getattr(module, "noisy_input", "unclipped")
-    if value not in NOISY_INPUTS:
-        raise DenoiserError(
-            f"{type(module).__name__}.noisy_input must be one of {NOISY_INPUTS} (what the denoiser was trained on), "
-            f"got {value!r}"
-        )
-    return value
 
 
 def register_architecture(name: str):

@@ -182,9 +182,9 @@ def _trained_for_another_sigma(module, sigma: float) -> bool:
 def _as_fed(module, noisy):
     """The noisy copies as RobustAPI feeds them to ``module``: unclipped, or clipped to [0, 1]
     for a denoiser trained on clipped copies and for no denoiser (what the classifier gets)."""
-    from .base import noisy_input_of
+    from ..noise import as_fed
 
-    return noisy.clamp(0, 1) if module is None or noisy_input_of(module) == "clipped" else noisy
+    return as_fed(module, noisy)
 
 
 def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:

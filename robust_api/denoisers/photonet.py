@@ -92,7 +92,8 @@ class PhotoNet(DenoiserModule):
         if noise_sd is None:
             noise_sd = self.noise_sd
         if noise_sd is None:
-            raise DenoiserError("PhotoNet needs σ: pass noise_sd= or call set_noise_sd() first")
+            raise DenoiserError("PhotoNet needs σ: load it with load_denoiser(..., noise_sd=σ), call set_noise_sd(σ) "
+                                "or pass noise_sd= (RobustAPI sets each call's σ itself)")
         batch, _, height, width = x.shape
         sigma = torch.as_tensor(noise_sd, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
         pad_h, pad_w = (-height) % 8, (-width) % 8
