@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import DenoiserError, DenoiserNoiseLevelWarning, InvalidParameterError
+from .noise import noisy_input_of
 
 __all__ = [
     "resolve_device",
@@ -123,8 +124,6 @@ class ModuleDenoiser:
         self.module = module.to(self.device).eval()
         name = (getattr(module, "metadata", None) or {}).get("name")
         self.identity = f"denoiser:{name}" if name else f"module:{type(module).__module__}.{type(module).__qualname__}"
-        from .denoisers.base import noisy_input_of
-
         self.noise_sd = getattr(module, "noise_sd", None)
         self.noise_sd_range = _checked_noise_sd_range(module)
         self.fine_tuned_noise_sd = getattr(module, "fine_tuned_noise_sd", None) if self.noise_sd_range else None

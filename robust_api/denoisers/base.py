@@ -32,11 +32,11 @@ import torch
 from torch import nn
 
 from ..errors import DenoiserError
-from ..noise import NOISY_INPUTS, as_fed, clips_noisy_copies, noisy_input_of
+from ..noise import NOISY_INPUTS, noisy_input_of  # re-exported: they were defined here before
 
 __all__ = [
     "DenoiserModule", "register_architecture", "build_architecture", "architecture_names", "NOISE_SD_TOLERANCE",
-    "NOISY_INPUTS", "noisy_input_of", "clips_noisy_copies", "as_fed",
+    "NOISY_INPUTS", "noisy_input_of",
 ]
 
 #: Relative distance between the σ of a call and a denoiser's trained ``noise_sd`` above which

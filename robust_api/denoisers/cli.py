@@ -17,6 +17,7 @@ from typing import Any, List, Sequence
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..noise import as_fed
 
 __all__ = ["add_commands", "load_surrogate"]
 
@@ -179,14 +180,6 @@ def _trained_for_another_sigma(module, sigma: float) -> bool:
     return module is not None and getattr(module, "noise_sd", None) not in (None, sigma)
 
 
-def _as_fed(module, noisy):
-    """The noisy copies as RobustAPI feeds them to ``module``: unclipped, or clipped to [0, 1]
-    for a denoiser trained on clipped copies and for no denoiser (what the classifier gets)."""
-    from ..noise import as_fed
-
-    return as_fed(module, noisy)
-
-
 def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:
     import torch
 
@@ -201,7 +194,7 @@ def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:
     for sigma in args.noise_sd:
         generator = torch.Generator().manual_seed(args.seed)
         noisy = [add_noise(p.unsqueeze(0), sigma, generator) for p in photos]
-        row = [sigma, f"{np.mean([_psnr_of(_as_fed(None, n), p.unsqueeze(0)) for n, p in zip(noisy, photos)]):.2f}"]
+        row = [sigma, f"{np.mean([_psnr_of(as_fed(None, n), p.unsqueeze(0)) for n, p in zip(noisy, photos)]):.2f}"]
         for name, module in denoisers:
             if module is None:
                 module = load_denoiser("nl-means", noise_sd=sigma, device="cpu")
@@ -209,7 +202,7 @@ def _cmd_eval_photos(args: argparse.Namespace, denoisers: List[tuple]) -> int:
                 row.append("-")
                 continue
             with torch.no_grad():
-                values = [_psnr_of(module(_as_fed(module, n)).clamp(0, 1), p.unsqueeze(0)) for n, p in zip(noisy, photos)]
+                values = [_psnr_of(module(as_fed(module, n)).clamp(0, 1), p.unsqueeze(0)) for n, p in zip(noisy, photos)]
             row.append(f"{np.mean(values):.2f}")
         rows.append(row)
     print(f"PSNR (dB) on held-out photos {', '.join(names)}, seed {args.seed}")
@@ -257,7 +250,7 @@ def _cmd_eval_fashion_mnist(args: argparse.Namespace, denoisers: List[tuple]) ->
         for name, module in denoisers:
             if _trained_for_another_sigma(module, sigma):
                 continue
-            fed = _as_fed(module, noisy)
+            fed = as_fed(module, noisy)
             denoised = fed if module is None else _apply_in_chunks(module.eval(), fed).clamp(0, 1)
             rows.append([sigma, name, f"{_psnr_of(denoised, images):.2f}", f"{_accuracy(classifier, denoised, truth):.4f}"])
     print("\nPSNR and accuracy on one noisy copy per image")
