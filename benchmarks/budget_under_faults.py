@@ -28,7 +28,8 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "engine"))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # the test doubles it imports
 
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 

@@ -119,9 +119,9 @@ def child(case: dict) -> dict:
     image = _photo(case["height"], case["width"])
     options = {"seed": 0, "log": False, "progress": False, "device": "cpu"}
     if case["mode"] == "old":
-        import robust_api.api as api_module
+        import robust_api.engine.calls as calls_module
 
-        api_module.NoiseSampler = _FirstReleaseNoise
+        calls_module.NoiseSampler = _FirstReleaseNoise
         options["memory_limit_mb"] = 10**7  # no budget: a whole request at once
     elif case.get("memory_limit_mb"):
         options["memory_limit_mb"] = case["memory_limit_mb"]

@@ -71,7 +71,7 @@ from benchmarks.denoiser_throughput import device_name  # noqa: E402
 from robust_api import ABSTAIN, RobustAPI  # noqa: E402
 from robust_api.analysis.metrics import average_certified_radius, certified_accuracy_curve  # noqa: E402
 from robust_api.errors import MissingDependencyError, RobustAPIError  # noqa: E402
-from robust_api.noise import as_fed, clips_noisy_copies  # noqa: E402
+from robust_api.noise import as_fed, clips_noisy_copies, sigma_mismatch  # noqa: E402
 from robust_api.statistics import clopper_pearson_lower, clopper_pearson_upper  # noqa: E402
 
 CLASSIFIER = "efficientnet-lite2"
@@ -80,14 +80,13 @@ PLOT = ROOT / "docs" / "img" / "natural_photos.png"
 BEGIN_MARKER = "<!-- natural_photos:begin -->"
 END_MARKER = "<!-- natural_photos:end -->"
 DEFAULT_SOURCES = (("nl-means", "nl-means"), ("ffdnet", "ffdnet"))
-SIGMA_TOLERANCE = 0.10
 THROUGHPUT_BATCH = 20
 PAPER = ("Salman et al. (2020), Fig. 6, σ = 0.25, N = 100, Stab+MSE denoisers, label = the API's answer on the clean "
          "photo: Azure 33% at r = 0 / ≈17% at r = 0.25, Clarifai 29% / ≈15%, Google 21% / ≈13%, AWS 13% / ≈5%; "
          "without a denoiser 12%, 2%, ≈0% and 3% at r = 0.")
 
 
-# ---- pure helpers (tested in tests/test_benchmark_natural_photos.py) ----------------------------
+# ---- pure helpers (tested in tests/project/test_benchmark_natural_photos.py) ----------------------------
 
 def parse_denoiser_option(text: str) -> tuple[str, str]:
     """``"LABEL=NAME_OR_PATH"`` (or a bare ``NAME_OR_PATH``, labelled by its file name without
@@ -184,13 +183,13 @@ def load_denoiser_for(source: Optional[str], sigma: float, device: str):
         module = load_denoiser(source, device=device)
     except MissingDependencyError as exc:
         return None, f"not measured: {exc}"
-    trained_range = getattr(module, "noise_sd_range", None)
-    trained = getattr(module, "noise_sd", None)
-    if trained is not None and abs(sigma - trained) > SIGMA_TOLERANCE * trained:  # fine-tuned for one σ
-        return None, f"trained for σ = {trained:g}"
-    if trained_range is not None and not trained_range[0] <= sigma <= trained_range[1]:
-        return module, f"outside its trained σ range [{trained_range[0]:g}, {trained_range[1]:.3g}]"
-    return module, ""
+    mismatch = sigma_mismatch(module, sigma)
+    if mismatch is None:
+        return module, ""
+    if mismatch.kind == "range":  # a σ-conditioned denoiser still runs outside its range
+        low, high = mismatch.trained
+        return module, f"outside its trained σ range [{low:g}, {high:.3g}]"
+    return None, f"trained for σ = {mismatch.trained:g}"  # trained or fine-tuned for one σ: a row only at that σ
 
 
 def clean_answers(crops: np.ndarray, args) -> list:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from robust_api.denoisers.base import build_architecture
+from robust_api.denoisers.registry import build_architecture
 from robust_api.denoisers.loading import load_denoiser, save_denoiser
 from robust_api.denoisers.photos import evaluation_crops, load_split
 from robust_api.denoisers.training import psnr, train_denoiser

@@ -6,17 +6,10 @@ vote, and certify an L2 radius with a Clopper–Pearson bound. Every query is re
 replayable query log; offline mode re-predicts and re-certifies from logs alone.
 """
 
-from . import denoisers  # lazy: torch is imported on first use of a denoiser
-from .api import RobustAPI
+import importlib
+
 from .errors import *  # noqa: F403 - the exception tree, listed in errors.__all__
 from .errors import __all__ as _error_names
-from .dispatch import RetryPolicy, Spending
-from .providers import CallableProvider, Provider, QueryFailure, known_providers, register_provider
-from .query_logs import CallLog, QueryLog, QueryRecord, export_jsonl, export_parquet, open_log
-from .planning import BudgetPlan, plan
-from .analysis import analyze
-from .query_logs.legacy import import_legacy, read_legacy_tsv
-from .results import ABSTAIN, Certificate, Prediction
 
 __version__ = "0.1.0"
 
@@ -28,9 +21,44 @@ def load_denoiser(name_or_path, device=None, *, noise_sd=None):
     :func:`robust_api.denoisers.load_denoiser` for the formats and errors. (Defined here so that
     ``import robust_api`` stays fast: torch is imported on first use.)
     """
+    from .optional import require_torch
+
+    require_torch("load_denoiser")
     from .denoisers.loading import load_denoiser as _load_denoiser
 
     return _load_denoiser(name_or_path, device=device, noise_sd=noise_sd)
+
+# Everything else is imported on first use (PEP 562), so that ``import robust_api`` takes a few
+# tens of milliseconds: numpy, scipy and (for denoisers and local models) torch load when the
+# name that needs them is first touched.
+_HOMES = {
+    "RobustAPI": "api", "ABSTAIN": "results", "Prediction": "results", "Certificate": "results",
+    "plan": "planning", "BudgetPlan": "planning", "analyze": "analysis",
+    "import_legacy": "query_logs.legacy", "read_legacy_tsv": "query_logs.legacy",
+    "open_log": "query_logs", "export_jsonl": "query_logs", "export_parquet": "query_logs",
+    "CallLog": "query_logs", "QueryLog": "query_logs", "QueryRecord": "query_logs",
+    "Provider": "providers", "QueryFailure": "providers", "CallableProvider": "providers",
+    "known_providers": "providers", "register_provider": "providers",
+    "RetryPolicy": "dispatch", "Spending": "dispatch",
+}
+
+
+def __getattr__(name):
+    home = _HOMES.get(name)
+    if home is None:
+        if name in _SUBPACKAGES:
+            return importlib.import_module(f"{__name__}.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | _SUBPACKAGES)
+
+
+_SUBPACKAGES = {"denoisers", "models", "providers", "query_logs", "analysis", "emulators", "engine"}
 
 __all__ = [
     "RobustAPI",

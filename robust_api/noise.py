@@ -12,7 +12,7 @@ each starting on a Philox counter boundary (4 words), so any slab can be generat
 Arithmetic is float64 inside a slab only; the result is clipped (unless the caller asks for
 the unclipped copy, which is what a denoiser gets) and written straight into a float32
 output. The values are bit-identical to generating the whole batch at once in float64
-(the formula of the first release; ``tests/test_memory.py`` checks it on odd shapes and batch
+(the formula of the first release; ``tests/engine/test_memory.py`` checks it on odd shapes and batch
 boundaries): the float64 working memory is bounded by the slab, not by the image or the batch.
 """
 
@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
 from .errors import DenoiserError, InvalidParameterError
 
 __all__ = [
+    "NOISE_SD_TOLERANCE", "SigmaMismatch", "sigma_mismatch",
     "NOISY_INPUTS", "noisy_input_of", "clips_noisy_copies", "as_fed",
     "PHASES", "noise_key", "NoiseSampler", "SLAB_BYTES_PER_VALUE", "DEFAULT_SLAB_BYTES",
 ]
@@ -34,6 +36,53 @@ __all__ = [
 #: What a denoiser is fed: "unclipped" x + σ·z (the default), or "clipped" clip(x + σ·z, 0, 1)
 #: for weights trained on clipped copies.
 NOISY_INPUTS = ("unclipped", "clipped")
+
+#: Relative distance between the σ of a call and a denoiser's trained ``noise_sd`` above which
+#: the runner warns (σ-conditioned denoisers: outside ``noise_sd_range`` instead).
+NOISE_SD_TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class SigmaMismatch:
+    """Why a denoiser does not suit a noise level (see :func:`sigma_mismatch`).
+
+    Attributes:
+        kind: "trained" (a denoiser for one σ, used at another), "fine_tuned" (a σ-conditioned
+            one fine-tuned for one σ, used at another) or "range" (σ outside a σ-conditioned
+            denoiser's trained range).
+        text: the reason in words, e.g. "trained for noise_sd=0.25".
+        trained: the σ it was trained or fine-tuned for, or its (low, high) range.
+    """
+
+    kind: str
+    text: str
+    trained: Any
+
+
+def sigma_mismatch(denoiser: Any, noise_sd: float, tolerance: float = NOISE_SD_TOLERANCE) -> Optional[SigmaMismatch]:
+    """Whether ``denoiser`` suits noise level σ = ``noise_sd``: None when it does (or says
+    nothing about σ), else a :class:`SigmaMismatch`. The one rule the SDK's warning, the
+    evaluation commands and the benchmarks apply.
+
+    Reads ``noise_sd_range`` (a σ-conditioned denoiser: σ must lie in it, and within
+    ``tolerance`` (relative) of its ``fine_tuned_noise_sd`` if it has one) or, for any other,
+    ``noise_sd`` (σ within ``tolerance`` of it). A σ-conditioned denoiser's ``noise_sd`` is the
+    σ it was last told, so it is not read.
+    """
+    noise_sd = float(noise_sd)
+    trained_range = getattr(denoiser, "noise_sd_range", None)
+    if trained_range is not None:
+        low, high = trained_range
+        if not low <= noise_sd <= high:
+            return SigmaMismatch("range", f"trained for noise_sd in [{low:g}, {high:g}]", (low, high))
+        tuned = getattr(denoiser, "fine_tuned_noise_sd", None)
+        if tuned is not None and abs(noise_sd - tuned) > tolerance * tuned:
+            return SigmaMismatch("fine_tuned", f"fine-tuned for noise_sd={tuned:g}", tuned)
+        return None
+    trained = getattr(denoiser, "noise_sd", None)
+    if trained is not None and abs(noise_sd - trained) > tolerance * trained:
+        return SigmaMismatch("trained", f"trained for noise_sd={trained:g}", trained)
+    return None
 
 
 def noisy_input_of(module: object) -> str:
@@ -73,7 +122,7 @@ _WORDS_PER_COUNTER = 4  # Philox4x64 yields four 64-bit words per counter value
 
 #: Upper bound on the temporary bytes one generated value needs inside a slab (random word,
 #: float64 uniform, Box–Muller radius/angle/cos/sin shares, float64 image and sum); measured
-#: with tracemalloc in tests/test_memory.py.
+#: with tracemalloc in tests/engine/test_memory.py.
 SLAB_BYTES_PER_VALUE = 48
 #: Default float64 working memory of one slab.
 DEFAULT_SLAB_BYTES = 32 << 20

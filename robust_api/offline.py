@@ -9,23 +9,16 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import InvalidInputError, InvalidParameterError, LogMismatchError
-from .query_logs.records import CallLog, QueryRecord, count_votes
+from .certification import METHODS, certify_from_votes, predict_from_votes
+from .query_logs.records import CallLog, QueryRecord, count_votes, votes_in_order
 from .results import ABSTAIN, Certificate, Prediction
 from .sequential import DEFAULT_FUTILITY_ALPHA, DEFAULT_GROWTH, DEFAULT_PRIOR, SequentialRule
-from .statistics import (
-    TOP2_ALPHA_SPLIT,
-    certify_from_counts,
-    certify_top2_from_counts,
-    max_certifiable_radius,
-    predict_from_counts,
-    ranked_labels,
-    top_label,
-)
+from .statistics import top_label
 from .validation import check_alpha, check_noise_sd, check_sample_count
 
 __all__ = [
     "predict_from_log", "certify_from_log", "as_call_log", "CertifySettings", "guess_from_records", "METHODS",
-    "fixed_n_outcome", "FixedNOutcome",
+    "logged_rule",
 ]
 
 #: Defaults of the predecessor's cloud experiment: N₀ = 20 selection and N = 100 estimation
@@ -114,32 +107,21 @@ def predict_from_log(
     records = _take(logs, phase, N, "N")
     if not records:
         raise LogMismatchError(f"call {logs.header.run_id} has no {phase} samples to predict from")
-    counts, errors = count_votes(records)
-    if noise_sd == 0:
-        label = top_label(counts)
-        ranked = sorted(counts.values(), reverse=True)
-        tied = len(ranked) > 1 and ranked[0] == ranked[1]
-        label_out = ABSTAIN if label is None or tied else label
-        p_value = None
-    else:
-        outcome = predict_from_counts(counts, alpha, n_errors=errors)
-        label_out = ABSTAIN if outcome.label is None else outcome.label
-        p_value = outcome.p_value
+    outcome = predict_from_votes(votes_in_order(records), noise_sd, alpha)
     return Prediction(
-        label=label_out,
-        counts=counts,
-        p_value=p_value,
+        label=ABSTAIN if outcome.label is None else outcome.label,
+        counts=outcome.counts,
+        p_value=outcome.p_value,
         alpha=alpha,
         noise_sd=noise_sd,
-        n=len(records),
-        errors=errors,
+        n=outcome.n,
+        errors=outcome.errors,
         queries=queries,
         logs=logs,
         offline=offline,
     )
 
 
-METHODS = ("cohen", "top2", "sequential")
 SELECTIONS = ("noise", "clean")
 
 
@@ -276,108 +258,43 @@ def certify_from_log(
     if method != "sequential" and (radius is not None or tolerance is not None):
         raise InvalidParameterError("radius= and tolerance= belong to method='sequential'")
     selection_kind, selection = _selection(logs, N0)
-    estimation_all = logs.phase_records("estimation")
     if not selection:
         raise LogMismatchError(f"call {logs.header.run_id} holds no selection sample (the call was interrupted early?)")
     selection_counts, _ = count_votes(selection)
-    guess = top_label(selection_counts)
-    common = dict(
-        selection_counts=selection_counts, guess=guess, noise_sd=sigma, alpha=alpha, n0=len(selection),
-        queries=queries, method=method, logs=logs, offline=offline, selection=selection_kind,
-    )
     if method == "sequential":
-        budget = check_sample_count(N, "N") if N is not None else int(params.get("N") or len(estimation_all) or 1)
-        rule = SequentialRule(
-            sigma, alpha, budget,
-            radius=radius if radius is not None else params.get("radius"),
-            tolerance=tolerance if tolerance is not None else params.get("tolerance"),
-            growth=params.get("growth", DEFAULT_GROWTH),
-            futility_alpha=params.get("futility_alpha", DEFAULT_FUTILITY_ALPHA),
-            prior=tuple(params.get("prior", DEFAULT_PRIOR)),
-        )
-        if guess is None:
-            return Certificate(label=ABSTAIN, radius=0.0, p_lower=0.0, counts={}, n=0, errors=0, stop_reason="no_guess",
-                               target_radius=rule.radius, budget=budget, ceiling=rule.ceiling, **common)
-        outcome = rule.replay([r.error is None and r.label == guess for r in estimation_all[:budget]])
-        used = estimation_all[: outcome.n]
-        counts, errors = count_votes(used)
-        return Certificate(
-            label=guess if outcome.certified else ABSTAIN, radius=outcome.radius, p_lower=outcome.p_lower,
-            counts=counts, n=outcome.n, errors=errors, stop_reason=outcome.stop_reason, target_radius=rule.radius,
-            budget=budget, ceiling=rule.ceiling, **common,
-        )
-    if guess is None:
-        return Certificate(label=ABSTAIN, radius=0.0, p_lower=0.0, counts={}, n=0, errors=0, stop_reason="no_guess",
-                           budget=N, ceiling=0.0, **common)
-    estimation = _take(logs, "estimation", N, "N")
-    counts, errors = count_votes(estimation)
-    outcome = fixed_n_outcome(method, selection_counts, counts, len(estimation), sigma, alpha, logs.header.run_id)
+        rule = logged_rule(logs, sigma, alpha, N, radius, tolerance)
+        estimation = votes_in_order(logs.phase_records("estimation"))
+        outcome = certify_from_votes(selection_counts, estimation, sigma, alpha, method=method, rule=rule,
+                                     run_id=logs.header.run_id)
+    elif top_label(selection_counts) is None:  # no class to certify: the estimation samples are not read
+        outcome = certify_from_votes(selection_counts, [], sigma, alpha, method=method, budget=N)
+    else:
+        estimation = votes_in_order(_take(logs, "estimation", N, "N"))
+        outcome = certify_from_votes(selection_counts, estimation, sigma, alpha, method=method,
+                                     run_id=logs.header.run_id)
     return Certificate(
         label=ABSTAIN if outcome.label is None else outcome.label, radius=outcome.radius, p_lower=outcome.p_lower,
-        p_upper=outcome.p_upper, counts=counts, n=outcome.n, errors=errors, budget=outcome.n, ceiling=outcome.ceiling,
-        **common,
+        p_upper=outcome.p_upper, counts=outcome.counts, n=outcome.n, errors=outcome.errors,
+        stop_reason=outcome.stop_reason, target_radius=outcome.target_radius, budget=outcome.budget,
+        ceiling=outcome.ceiling, selection_counts=selection_counts, guess=outcome.guess, noise_sd=sigma,
+        alpha=alpha, n0=len(selection), queries=queries, method=method, logs=logs, offline=offline,
+        selection=selection_kind,
     )
 
 
-@dataclass(frozen=True)
-class FixedNOutcome:
-    """What a fixed-N method certifies from vote counts (see :func:`fixed_n_outcome`).
-
-    Attributes:
-        label: the certified label ĉ, or None for an abstention.
-        radius, p_lower: as in :class:`~robust_api.results.Certificate` (0.0 on abstention).
-        p_upper: top2 only: the bound on every other class, else None.
-        n: the estimation samples used (failed ones included).
-        ceiling: the largest radius n samples can certify with this method.
-    """
-
-    label: Optional[str]
-    radius: float
-    p_lower: float
-    p_upper: Optional[float]
-    n: int
-    ceiling: float
-
-
-def fixed_n_outcome(
-    method: str,
-    selection_counts: dict,
-    estimation_counts: dict,
-    n: int,
-    noise_sd: float,
-    alpha: float,
-    run_id: str = "?",
-) -> FixedNOutcome:
-    """The fixed-N certificate ("cohen" or "top2") from the votes of a call: the one rule that both
-    ``certify_from_log`` and the counts-based analysis (:mod:`robust_api.analysis`) apply.
-
-    Args:
-        method: "cohen" or "top2".
-        selection_counts: label → selection votes (with a top label: the caller handles "no guess").
-        estimation_counts: label → votes of the n estimation samples, failed samples excluded.
-        n: estimation samples, failed ones included (they count against ĉ).
-        noise_sd, alpha: σ > 0 and α in (0, 1).
-        run_id: named in the error message.
-
-    Returns:
-        A :class:`FixedNOutcome` carrying the guarantee of :func:`certify_from_log`.
-
-    Raises:
-        LogMismatchError: n = 0 (no estimation sample was logged).
-    """
-    if method not in ("cohen", "top2"):
-        raise InvalidParameterError(f"fixed_n_outcome certifies 'cohen' or 'top2', got {method!r}")
-    if n < 1:
-        raise LogMismatchError(
-            f"call {run_id} holds no estimation samples; certification needs at least one "
-            "(the call was interrupted early?)"
-        )
-    guess = top_label(selection_counts)
-    ceiling = max_certifiable_radius(n, noise_sd, alpha if method == "cohen" else alpha * TOP2_ALPHA_SPLIT[0])
-    if method == "top2":
-        ranked = ranked_labels(selection_counts)
-        runner_up = ranked[1] if len(ranked) > 1 else None
-        top2 = certify_top2_from_counts(guess, runner_up, estimation_counts, n, noise_sd, alpha)
-        return FixedNOutcome(top2.label, top2.radius, top2.p_lower, top2.p_upper, n, ceiling)
-    outcome = certify_from_counts(guess, estimation_counts, n, noise_sd, alpha)
-    return FixedNOutcome(outcome.label, outcome.radius, outcome.p_lower, None, n, ceiling)
+def logged_rule(logs: CallLog, noise_sd: float, alpha: float, N: Optional[int] = None,
+                radius: Optional[float] = None, tolerance: Optional[float] = None) -> SequentialRule:
+    """The sequential rule of a logged certify call (its budget, target, tolerance, growth,
+    futility α and prior, as recorded), with ``N``, ``radius`` and ``tolerance`` overriding
+    the logged ones when given. A fixed-N log replayed sequentially gets the defaults."""
+    params = logs.header.params or {}
+    estimated = len(logs.phase_records("estimation"))
+    budget = check_sample_count(N, "N") if N is not None else int(params.get("N") or estimated or 1)
+    return SequentialRule(
+        noise_sd, alpha, budget,
+        radius=radius if radius is not None else params.get("radius"),
+        tolerance=tolerance if tolerance is not None else params.get("tolerance"),
+        growth=params.get("growth", DEFAULT_GROWTH),
+        futility_alpha=params.get("futility_alpha", DEFAULT_FUTILITY_ALPHA),
+        prior=tuple(params.get("prior", DEFAULT_PRIOR)),
+    )

@@ -34,12 +34,8 @@ from functools import lru_cache
 from numbers import Real
 from typing import Optional, Sequence
 
-from scipy.optimize import brentq
-from scipy.special import betaincc, betaln
-from scipy.stats import norm as _norm
-
 from .errors import InvalidParameterError
-from .statistics import _check_count, radius_from_p_lower
+from .statistics import check_vote_count, radius_from_p_lower
 from .validation import check_alpha, check_noise_sd, check_radius, check_sample_count
 
 __all__ = [
@@ -92,12 +88,16 @@ def _log_beta_sf(p: float, a: float, b: float) -> float:
     """log P[Beta(a, b) > p], through the regularized incomplete beta function's complement
     (``scipy.special.betaincc``: what ``scipy.stats.beta.logsf`` evaluates, to ~1e-14, at
     1/40 of its per-call cost; offline replays evaluate it thousands of times per call)."""
+    from scipy.special import betaincc  # imported on first use: import robust_api stays fast
+
     survival = float(betaincc(a, b, p))
     return math.log(survival) if survival > 0.0 else -math.inf
 
 
 def _log_mixture(p: float, successes: int, failures: int, a: float, b: float) -> float:
     """log M_n(p) for the one-sided Beta(a, b) mixture (see the module docstring)."""
+    from scipy.special import betaln
+
     log_numerator = betaln(a + successes, b + failures) + _log_beta_sf(p, a + successes, b + failures)
     log_normalizer = betaln(a, b) + _log_beta_sf(p, a, b)
     log_likelihood = successes * math.log(p) + (failures * math.log1p(-p) if failures else 0.0)
@@ -115,6 +115,8 @@ def _lower(successes: int, trials: int, alpha: float, a: float, b: float) -> flo
         return 0.0
     if _log_mixture(high, successes, failures, a, b) >= threshold:
         return high
+    from scipy.optimize import brentq
+
     # log M_n(p) decreases on (0, p̂] (checked in the tests), so the crossing is unique.
     return float(
         brentq(lambda p: _log_mixture(p, successes, failures, a, b) - threshold, _P_FLOOR, high, xtol=1e-13, rtol=1e-13)
@@ -122,8 +124,8 @@ def _lower(successes: int, trials: int, alpha: float, a: float, b: float) -> flo
 
 
 def _check_counts(successes: int, trials: int) -> tuple[int, int]:
-    successes = _check_count(successes, "successes")
-    trials = _check_count(trials, "trials")
+    successes = check_vote_count(successes, "successes")
+    trials = check_vote_count(trials, "trials")
     if trials < 1 or not 0 <= successes <= trials:
         raise InvalidParameterError(f"need 0 <= successes <= trials and trials >= 1, got {successes}/{trials}")
     return successes, trials
@@ -297,7 +299,9 @@ class SequentialRule:
     @property
     def target_p(self) -> Optional[float]:
         """Φ(radius/σ): the lower bound needed to certify the target (None without a target)."""
-        return None if self.radius is None else float(_norm.cdf(self.radius / self.noise_sd))
+        from scipy.special import ndtr
+
+        return None if self.radius is None else float(ndtr(self.radius / self.noise_sd))
 
     def min_samples(self) -> Optional[int]:
         """Fewest estimation samples that can certify the target (unanimous votes); None if

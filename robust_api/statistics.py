@@ -16,12 +16,29 @@ from dataclasses import dataclass
 from numbers import Integral
 from typing import Optional
 
-from scipy.special import betaincinv as _betaincinv
-from scipy.special import ndtri as _ndtri
-from scipy.stats import binomtest as _binomtest
-
 from .errors import InvalidParameterError
 from .validation import check_alpha, check_noise_sd
+
+# scipy is imported on first use, so that ``import robust_api`` stays fast (scipy.stats alone
+# takes about a second to import on a 2-core machine)
+
+
+def _betaincinv(a: float, b: float, y: float) -> float:
+    from scipy.special import betaincinv
+
+    return betaincinv(a, b, y)
+
+
+def _ndtri(p: float) -> float:
+    from scipy.special import ndtri
+
+    return ndtri(p)
+
+
+def _binomtest(k: int, n: int, p: float):
+    from scipy.stats import binomtest
+
+    return binomtest(k, n, p)
 
 __all__ = [
     "clopper_pearson_lower",
@@ -40,7 +57,7 @@ __all__ = [
 ]
 
 
-def _check_count(value: int, name: str) -> int:
+def check_vote_count(value: int, name: str) -> int:
     if not isinstance(value, Integral) or isinstance(value, bool) or int(value) < 0:
         raise InvalidParameterError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
@@ -61,8 +78,8 @@ def clopper_pearson_lower(successes: int, trials: int, alpha: float) -> float:
         inverse regularized incomplete beta function (``scipy.special.betaincinv``, what
         ``scipy.stats.beta.ppf`` evaluates, without its ~30 µs of per-call overhead).
     """
-    k = _check_count(successes, "successes")
-    n = _check_count(trials, "trials")
+    k = check_vote_count(successes, "successes")
+    n = check_vote_count(trials, "trials")
     alpha = check_alpha(alpha)
     if n < 1:
         raise InvalidParameterError("trials must be >= 1 to bound a proportion")
@@ -162,7 +179,7 @@ def predict_from_counts(counts: Mapping[Hashable, int], alpha: float, n_errors: 
         from the smoothed classifier g(x) with probability at most α.
     """
     alpha = check_alpha(alpha)
-    n_errors = _check_count(n_errors, "n_errors")
+    n_errors = check_vote_count(n_errors, "n_errors")
     first = top_label(counts)
     if first is None:
         return PredictOutcome(label=None, p_value=1.0)
@@ -196,7 +213,7 @@ def certify_from_counts(
         Guarantee: with probability ≥ 1 − α over the estimation noise, if a label is
         returned then g(x + e) = ĉ for every ‖e‖₂ < radius.
     """
-    n = _check_count(n_estimation, "n_estimation")
+    n = check_vote_count(n_estimation, "n_estimation")
     if n < 1:
         raise InvalidParameterError("certification needs at least one estimation sample (N >= 1)")
     noise_sd = check_noise_sd(noise_sd, allow_zero=False)
@@ -236,8 +253,8 @@ def clopper_pearson_upper(successes: int, trials: int, alpha: float) -> float:
         p̄ in [0, 1] with P[p ≤ p̄] ≥ 1 − α: ``1 − clopper_pearson_lower(n − k, n, α)``
         (1 when k = n).
     """
-    k = _check_count(successes, "successes")
-    n = _check_count(trials, "trials")
+    k = check_vote_count(successes, "successes")
+    n = check_vote_count(trials, "trials")
     if k > n:
         raise InvalidParameterError(f"successes ({k}) cannot exceed trials ({n})")
     return 1.0 - clopper_pearson_lower(n - k, n, alpha)
@@ -294,7 +311,7 @@ def certify_top2_from_counts(
         A :class:`Top2Outcome`. Guarantee: with probability ≥ 1 − α (Bonferroni over the three
         one-sided Clopper–Pearson bounds) a returned label is g's answer within ``radius``.
     """
-    n = _check_count(n_estimation, "n_estimation")
+    n = check_vote_count(n_estimation, "n_estimation")
     if n < 1:
         raise InvalidParameterError("certification needs at least one estimation sample (N >= 1)")
     noise_sd = check_noise_sd(noise_sd, allow_zero=False)

@@ -13,7 +13,8 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import DenoiserError, DenoiserNoiseLevelWarning, InvalidParameterError
-from .noise import noisy_input_of
+from .noise import noisy_input_of, sigma_mismatch
+from .optional import require_torch
 
 __all__ = [
     "resolve_device",
@@ -28,7 +29,7 @@ __all__ = [
 
 def resolve_device(device: Any = None):
     """A ``torch.device``: the one given, else CUDA when available, else CPU."""
-    import torch
+    torch = require_torch(f"device={device!r}" if device is not None else "a PyTorch model or denoiser")
 
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -163,24 +164,11 @@ class ModuleDenoiser:
         module (or more than ``NOISE_SD_TOLERANCE`` from the σ it was fine-tuned for, if any),
         else more than ``NOISE_SD_TOLERANCE`` (relative) from its ``noise_sd``. Nothing when
         neither is known. Returns True when it warned now."""
-        from .denoisers.base import NOISE_SD_TOLERANCE
-
         noise_sd = float(noise_sd)
-        tuned = self.fine_tuned_noise_sd
-        if self.noise_sd_range is not None:
-            low, high = self.noise_sd_range
-            if not low <= noise_sd <= high:
-                trained = f"trained for noise_sd in [{low:g}, {high:g}]"
-            elif tuned is not None and abs(noise_sd - tuned) > NOISE_SD_TOLERANCE * tuned:
-                trained = f"fine-tuned for noise_sd={tuned:g}"
-            else:
-                return False
-        elif self.noise_sd is not None:
-            if abs(noise_sd - self.noise_sd) <= NOISE_SD_TOLERANCE * self.noise_sd:
-                return False
-            trained = f"trained for noise_sd={self.noise_sd:g}"
-        else:
+        mismatch = sigma_mismatch(self, noise_sd)
+        if mismatch is None:
             return False
+        trained = mismatch.text
         with self._warn_lock:
             if noise_sd in self._warned_noise_sds:
                 return False

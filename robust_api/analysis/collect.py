@@ -1,9 +1,9 @@
 """From query logs to one row per certified image: the re-certification that ``analyze`` runs.
 
 Fixed-N calls (cohen, top2) are re-certified from vote counts (:meth:`QueryLog.call_summaries`,
-computed in SQL for the SQLite store) with :func:`robust_api.offline.fixed_n_outcome`, the rule
-``certify_from_log`` applies; sequential calls are replayed record by record with
-``certify_from_log`` itself. Nothing here queries a provider.
+computed in SQL for the SQLite store) with :func:`robust_api.certification.certify_from_votes`,
+the function every certificate comes from; sequential calls are replayed record by record
+with ``certify_from_log``, which calls it on the votes in sample order. Nothing here queries a provider.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Callable, Optional, Union
 
 from ..errors import InvalidInputError, LogMismatchError
 from ..images import as_image, image_digest
-from ..offline import DEFAULT_ALPHA, certify_from_log, fixed_n_outcome
+from ..certification import certify_from_votes
+from ..offline import DEFAULT_ALPHA, certify_from_log
 from ..query_logs import CallLog, QueryLog, SQLiteQueryLog, open_log
 from ..query_logs.records import CallSummary, summarize_call
 from ..results import ABSTAIN
@@ -196,8 +197,8 @@ def _row_from_summary(summary: CallSummary, source: str, alpha: Optional[float],
     used_for_selection = 1 if selection_is_clean else selection.samples
     if top_label(selection_counts) is None:
         return CertifiedImage(alpha=alpha, label=None, radius=0.0, p_lower=0.0, samples=used_for_selection, **common)
-    outcome = fixed_n_outcome(method, selection_counts, estimation.votes, estimation.samples, sigma, alpha,
-                              header.run_id)
+    outcome = certify_from_votes(selection_counts, estimation.votes, sigma, alpha, method=method,
+                                 n=estimation.samples, run_id=header.run_id)
     return CertifiedImage(alpha=alpha, label=outcome.label, radius=outcome.radius, p_lower=outcome.p_lower,
                           samples=used_for_selection + outcome.n, **common)
 

@@ -31,10 +31,10 @@ __all__ = [
 
 
 _HOMES = {
-    "DenoiserModule": "base", "build_architecture": "base", "architecture_names": "base",
-    "register_architecture": "base", "DnCNN": "dncnn", "DRUNet": "drunet", "FFDNet": "ffdnet", "MemNet": "memnet",
+    "DenoiserModule": "base", "build_architecture": "registry", "architecture_names": "registry",
+    "register_architecture": "registry", "DnCNN": "dncnn", "DRUNet": "drunet", "FFDNet": "ffdnet", "MemNet": "memnet",
     "NonLocalMeans": "classical", "available": "loading", "load_denoiser": "loading",
-    "save_denoiser": "loading", "denoiser_from_state_dict": "loading", "DENOISER_FORMAT": "loading",
+    "save_denoiser": "loading", "denoiser_from_state_dict": "registry", "DENOISER_FORMAT": "loading",
     "PAPER_ARCHITECTURES": "loading", "train_denoiser": "training", "add_noise": "training",
     "psnr": "training", "EpochStats": "training", "OBJECTIVES": "training",
 }
@@ -47,6 +47,9 @@ def __getattr__(name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
+    from ..optional import require_torch
+
+    require_torch(f"robust_api.denoisers.{name}")
     return getattr(importlib.import_module(f"{__name__}.{home}"), name)
 
 

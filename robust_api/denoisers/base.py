@@ -26,25 +26,18 @@ were trained; the query log records which of the two inputs produced each answer
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import DenoiserError
-from ..noise import NOISY_INPUTS, noisy_input_of  # re-exported: they were defined here before
+from ..noise import NOISE_SD_TOLERANCE, NOISY_INPUTS, noisy_input_of  # re-exported: they were defined here before
 
 __all__ = [
-    "DenoiserModule", "register_architecture", "build_architecture", "architecture_names", "NOISE_SD_TOLERANCE",
+    "DenoiserModule", "NOISE_SD_TOLERANCE",
     "NOISY_INPUTS", "noisy_input_of",
 ]
-
-#: Relative distance between the σ of a call and a denoiser's trained ``noise_sd`` above which
-#: the runner warns (σ-conditioned denoisers: outside ``noise_sd_range`` instead).
-NOISE_SD_TOLERANCE = 0.10
-
-_ARCHITECTURES: Dict[str, Callable[..., "DenoiserModule"]] = {}
-
 
 class DenoiserModule(nn.Module):
     """Base class of the denoiser architectures: noisy [B, C, H, W] (x + σz) → same shape.
@@ -103,43 +96,3 @@ class DenoiserModule(nn.Module):
             )
         if not x.is_floating_point():
             raise DenoiserError(f"{type(self).__name__} expects a float tensor, got {x.dtype}")
-
-
-def register_architecture(name: str):
-    """Class decorator: make ``build_architecture(name, **config)`` construct this class."""
-
-    def decorate(cls):
-        cls.arch = name
-        _ARCHITECTURES[name] = cls
-        return cls
-
-    return decorate
-
-
-def architecture_names() -> list:
-    """Sorted names accepted by :func:`build_architecture`."""
-    _import_all()
-    return sorted(_ARCHITECTURES)
-
-
-def build_architecture(name: str, **config: Any) -> DenoiserModule:
-    """A fresh (randomly initialised) denoiser of architecture ``name``.
-
-    Raises:
-        DenoiserError: unknown name or arguments that do not fit it.
-    """
-    _import_all()
-    try:
-        cls = _ARCHITECTURES[name]
-    except KeyError:
-        raise DenoiserError(
-            f"unknown denoiser architecture {name!r}; known: {', '.join(sorted(_ARCHITECTURES))}"
-        ) from None
-    try:
-        return cls(**config)
-    except TypeError as exc:
-        raise DenoiserError(f"bad configuration for denoiser architecture {name!r}: {exc}") from None
-
-
-def _import_all() -> None:
-    from . import classical, dncnn, drunet, ffdnet, memnet, photonet  # noqa: F401  (registration side effect)

@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from ..errors import DenoiserError, MissingDependencyError
-from .base import DenoiserModule, register_architecture
+from .base import DenoiserModule
 
 __all__ = ["NonLocalMeans"]
 
 
-@register_architecture("nl-means")
 class NonLocalMeans(DenoiserModule):
     """Non-local means with parameters set from σ.
 
@@ -36,6 +35,8 @@ class NonLocalMeans(DenoiserModule):
 
     ``forward``: float [B, C, H, W] in [0, 1] → float [B, C, H, W] in [0, 1]; one image at a time.
     """
+
+    arch = "nl-means"
 
     activation_channels = 1
 

@@ -16,12 +16,11 @@ import torch
 from torch import nn
 
 from ..errors import DenoiserError
-from .base import DenoiserModule, register_architecture
+from .base import DenoiserModule
 
 __all__ = ["DnCNN"]
 
 
-@register_architecture("dncnn")
 class DnCNN(DenoiserModule):
     """Residual DnCNN denoiser.
 
@@ -32,6 +31,8 @@ class DnCNN(DenoiserModule):
 
     ``forward``: float [B, C, H, W] in [0, 1] → float [B, C, H, W] (any H, W ≥ 1).
     """
+
+    arch = "dncnn"
 
     def __init__(self, image_channels: int = 3, depth: int = 17, channels: int = 64):
         super().__init__(image_channels)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DenoiserError
-from .base import DenoiserModule, register_architecture
+from .base import DenoiserModule
 
 __all__ = ["DRUNet"]
 
@@ -36,7 +36,6 @@ class _ResBlock(nn.Module):
         return x + self.res(x)
 
 
-@register_architecture("drunet")
 class DRUNet(DenoiserModule):
     """Noise-level-conditioned residual U-Net denoiser.
 
@@ -48,6 +47,8 @@ class DRUNet(DenoiserModule):
     ``forward``: float [B, C, H, W] in [0, 1] → float [B, C, H, W]; needs ``noise_sd`` set
     (σ in [0, 1] units), which becomes the constant extra input channel.
     """
+
+    arch = "drunet"
 
     def __init__(self, image_channels: int = 3, widths: Sequence[int] = (64, 128, 256, 512), blocks: int = 4):
         super().__init__(image_channels)

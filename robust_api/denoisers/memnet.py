@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import DenoiserError
-from .base import DenoiserModule, register_architecture
+from .base import DenoiserModule
 
 __all__ = ["MemNet"]
 
@@ -59,7 +59,6 @@ class _MemoryBlock(nn.Module):
         return gate
 
 
-@register_architecture("memnet")
 class MemNet(DenoiserModule):
     """MemNet denoiser with a global residual connection.
 
@@ -71,6 +70,8 @@ class MemNet(DenoiserModule):
 
     ``forward``: float [B, C, H, W] in [0, 1] → float [B, C, H, W].
     """
+
+    arch = "memnet"
 
     def __init__(self, image_channels: int = 3, channels: int = 64, num_memory_blocks: int = 3,
                  num_residual_blocks: int = 6):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DenoiserError
-from .base import DenoiserModule, register_architecture
+from .base import DenoiserModule
 
 __all__ = ["PhotoNet"]
 
@@ -41,7 +41,6 @@ def _stage(channels: int, blocks: int) -> nn.Sequential:
     return nn.Sequential(*[_ResidualBlock(channels) for _ in range(blocks)])
 
 
-@register_architecture("photonet")
 class PhotoNet(DenoiserModule):
     """Noise-level-conditioned U-Net denoiser: [B, C, H, W] (noisy, unclipped) → [B, C, H, W].
 
@@ -51,6 +50,8 @@ class PhotoNet(DenoiserModule):
         blocks: residual blocks per level on each side of the U (the bottom level has this many).
         noise_sd_range: (low, high), the σ range the weights were trained for (pixel units).
     """
+
+    arch = "photonet"
 
     def __init__(self, image_channels: int = 3, widths: Sequence[int] = (48, 96, 192), blocks: int = 2,
                  noise_sd_range: Sequence[float] = (0.0, 0.55)):

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import InvalidParameterError
+from ..optional import require_torch
 
 __all__ = [
     "EMULATORS",
@@ -411,7 +412,7 @@ class EmulatorConfig:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, str, bytes))):
             raise InvalidParameterError(f"seed must be an int, a str or None, got {type(seed).__name__}")
         if model is not None:
-            from ..models.imagenet import IMAGENET_MODELS
+            from ..models import IMAGENET_MODELS
 
             if not isinstance(model, str) or model not in IMAGENET_MODELS:
                 raise InvalidParameterError(
@@ -539,6 +540,7 @@ def _imagenet_classifier(name: str) -> tuple[Any, threading.Lock]:
     with _imagenet_lock:
         entry = _imagenet_models.get(name)
         if entry is None:
+            require_torch(f"the emulator model {name!r}")
             from ..models.imagenet import load_imagenet_classifier
 
             model = load_imagenet_classifier(name, device="cpu")

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidImageError, InvalidParameterError, MissingDependencyError
+from . import IMAGENET_MODELS
 from .efficientnet_lite import EfficientNetLite, build_efficientnet_lite
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The ImageNet classifiers ``load_imagenet_classifier`` and ``RobustAPI("local", model=...)`` know.
-IMAGENET_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 #: The shortest image side (pixels) an :class:`ImageNetClassifier` accepts; smaller sides are
 #: refused rather than blown up (at 224² such a photo holds almost no information).

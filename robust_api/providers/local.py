@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import InvalidImageError, InvalidParameterError, ProviderResponseError
+from ..optional import require_torch
 from ..torch_utils import nhwc_to_tensor, resolve_device, state_dict_digest
 from .base import Provider
 
@@ -27,7 +28,7 @@ BUNDLED_MODEL = "fashion_mnist_cnn.safetensors"
 _TOP_K = 5
 
 
-def _bundled_model_path() -> Path:
+def bundled_model_path() -> Path:
     return Path(str(resources.files("robust_api").joinpath("assets", BUNDLED_MODEL)))
 
 
@@ -39,7 +40,7 @@ def load_classifier(path: Union[str, os.PathLike]):
             ``"robust_api.classifier/1"``, ``arch`` (a name known to
             ``robust_api.models.fashion_mnist.build``), ``class_names`` (JSON list) and
             ``input_shape`` (JSON [C, H, W]) — what ``python -m
-            robust_api.models.train_fashion_mnist`` writes.
+            robust_api.commands.train_fashion_mnist`` writes.
 
     Returns:
         (module in eval mode on CPU, class_names list, input_shape tuple (C, H, W)).
@@ -95,7 +96,7 @@ class LocalProvider(Provider):
         batch_size: Optional[int] = None,
         input_shape: Optional[Sequence[int]] = None,
     ):
-        import torch
+        torch = require_torch("the local provider (a PyTorch classifier)")
 
         from ..models.imagenet import IMAGENET_MODELS, ImageNetClassifier, load_imagenet_classifier
 
@@ -104,7 +105,7 @@ class LocalProvider(Provider):
         if isinstance(model, str) and model in IMAGENET_MODELS:
             model, name = load_imagenet_classifier(model, device=device), model
         elif model is None or isinstance(model, (str, os.PathLike)):
-            path = _bundled_model_path() if model is None else Path(model)
+            path = bundled_model_path() if model is None else Path(model)
             model, checkpoint_names, checkpoint_shape = load_classifier(path)
             name = path.stem
         elif isinstance(model, ImageNetClassifier):

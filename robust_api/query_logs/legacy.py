@@ -898,7 +898,7 @@ def _check_out(out: Any) -> None:
         raise NotAQueryLogError(f"out={os.fspath(out)!r} is {kind}, not a log file or folder; pass another path")
 
 
-def _import_legacy(source, api, noise_sd, *, N0=20, alpha=0.001, denoiser=None, out=None) -> _ImportReport:
+def import_legacy_report(source, api, noise_sd, *, N0=20, alpha=0.001, denoiser=None, out=None) -> _ImportReport:
     if denoiser is not None and (not isinstance(denoiser, str) or not denoiser.strip()):
         raise InvalidParameterError(f"denoiser must be a non-empty name (str) or None, got {denoiser!r}")
     settings = _Settings(
@@ -1008,7 +1008,7 @@ def import_legacy(
         LogMismatchError: a file holds N0 or fewer noisy answers.
         Nothing is written to ``out`` unless every file was read and checked.
     """
-    return _import_legacy(source, api, noise_sd, N0=N0, alpha=alpha, denoiser=denoiser, out=out).log
+    return import_legacy_report(source, api, noise_sd, N0=N0, alpha=alpha, denoiser=denoiser, out=out).log
 
 
 # --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ..noise import PHASES
 
 __all__ = [
     "FORMAT_VERSION", "QueryRecord", "CallHeader", "CallLog", "PhaseVotes", "CallSummary", "count_votes",
-    "summarize_call", "dumps_raw", "MAX_LOGGED_COST_USD", "valid_cost",
+    "summarize_call", "dumps_raw", "MAX_LOGGED_COST_USD", "valid_cost", "vote_of", "votes_in_order",
     "record_order", "header_from_values", "record_from_values", "CALL_KINDS", "CALL_STATUSES",
     "PREPROCESSING_CLIPPED", "PREPROCESSING_UNCLIPPED", "preprocessing_of",
 ]
@@ -282,13 +282,21 @@ class CallSummary:
         return sum(votes.missing for votes in self.phases.values())
 
 
-def count_votes(records: Sequence[QueryRecord]) -> tuple[dict[str, int], int]:
-    """The votes of some records: (label → successful answers, most first; failed samples).
+def vote_of(record: QueryRecord) -> Optional[str]:
+    """The vote of one record: its label, or None when the sample failed (an ``error``, or no
+    label). A failed sample is no vote for any class; certification counts it against the
+    guessed one. This is the one definition of a vote."""
+    return record.label if record.error is None and record.label is not None else None
 
-    A sample failed when its query has an ``error`` or no label; it is no vote for any class,
-    and certification counts it against the guessed one.
-    """
-    votes = Counter(r.label for r in records if r.error is None and r.label is not None)
+
+def votes_in_order(records: Sequence[QueryRecord]) -> list[Optional[str]]:
+    """The votes of records in the order given (see :func:`vote_of`)."""
+    return [vote_of(r) for r in records]
+
+
+def count_votes(records: Sequence[QueryRecord]) -> tuple[dict[str, int], int]:
+    """The votes of some records: (label → successful answers, most first; failed samples)."""
+    votes = Counter(vote for vote in map(vote_of, records) if vote is not None)
     return dict(votes.most_common()), len(records) - sum(votes.values())
 
 

@@ -1,0 +1,82 @@
+"""The online side of sequential certification: one call's looks, held from the caps one at a time.
+
+The stopping decisions are :meth:`robust_api.sequential.SequentialRule.step`, the same
+function the offline replay applies to the logged votes; the certificate itself is then
+computed from the log (:func:`robust_api.offline.certify_from_log`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+from ..errors import BudgetExceededError
+from ..sequential import SequentialRule
+from .calls import Call
+
+__all__ = ["SequentialRun"]
+
+logger = logging.getLogger(__name__)
+
+
+class SequentialRun:
+    """The online state of one sequential certification: where it is and where it looks next.
+
+    Attributes:
+        n: estimation samples queried so far. successes: votes for the guess among them.
+        p_lower: the running lower bound (0 before the first look).
+    """
+
+    def __init__(self, call: Call, guess: str, rule: SequentialRule):
+        self.call = call
+        self.guess = guess
+        self.rule = rule
+        self.looks = rule.looks()
+        self.position = 0
+        self.n = 0
+        self.successes = 0
+        self.p_lower = 0.0
+
+    def next_look(self) -> int:
+        return self.looks[self.position]
+
+    def advance(self) -> Optional[str]:
+        """Query up to the next look and apply the rule; return the stop reason or None
+        ("ended" without a query when the budget caps leave no room for the look)."""
+        look = self.next_look()
+        if self.position > 0:  # the first look was held with the selection when the call began
+            try:
+                self.call.hold_more(look - self.n)
+            except BudgetExceededError:
+                logger.info("%s: the budget caps leave no room for the next look; stopping", self.call.header.run_id)
+                return "ended"
+        try:
+            records = self.call.query("estimation", self.n, look)
+        except BudgetExceededError:
+            # retries used up the room (or another thread took it): what was answered is in the
+            # log and the offline replay ends at the last complete look
+            logger.info("%s: the budget caps were reached during a look; stopping", self.call.header.run_id)
+            return "ended"
+        self.successes += sum(r.error is None and r.label == self.guess for r in records)
+        self.n = look
+        self.position += 1
+        self.p_lower, reason = self.rule.step(self.successes, self.n, self.p_lower)
+        return reason
+
+    def run_to_end(self) -> str:
+        """Advance until the rule (or the caps) stop the call; return the stop reason."""
+        while True:
+            reason = self.advance()
+            if reason is not None:
+                return reason
+
+    def gain_per_query(self) -> float:
+        """Expected radius gain per query of the next look at the current vote rate (capped at
+        the target): the allocation heuristic of certify_batch (it never affects validity)."""
+        look = self.next_look()
+        rate = (self.successes + 0.5) / (self.n + 1.0)
+        projected = self.rule.radius_at(self.successes + round(rate * (look - self.n)), look)
+        current = self.rule.radius_at(self.successes, self.n) if self.n else 0.0
+        cap = self.rule.radius if self.rule.radius is not None else math.inf
+        return (min(projected, cap) - min(current, cap)) / (look - self.n)

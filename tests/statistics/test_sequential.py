@@ -1,0 +1,757 @@
+"""The sequential method, the top-2 bound and their online/offline paths (fast, no Monte Carlo).
+
+Covers the anytime-valid beta-mixture confidence sequence (``robust_api.sequential``), the
+stopping rule (looks, certified / futile / settled / budget / ended), the top-2 bound of
+``robust_api.statistics``, and ``RobustAPI.certify`` / ``certify_batch`` with every method:
+an online certificate must equal the offline re-certification of its own log. Statistical
+soundness (thousands of seeded runs) lives in ``test_soundness_methods.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from robust_api import (
+    ABSTAIN,
+    InvalidInputError,
+    InvalidParameterError,
+    LogMismatchError,
+    OfflineModeError,
+    ProviderError,
+    RobustAPI,
+    open_log,
+)
+from robust_api import sequential
+from robust_api.offline import certify_from_log
+from robust_api.sequential import (
+    DEFAULT_PRIOR,
+    STOP_REASONS,
+    SequentialRule,
+    _log_mixture,
+    cs_lower_bound,
+    cs_upper_bound,
+    first_certifying_n,
+    look_points,
+)
+from robust_api.statistics import (
+    TOP2_ALPHA_SPLIT,
+    certify_from_counts,
+    certify_top2_from_counts,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    max_certifiable_radius,
+)
+
+from doubles import Counting, FakeProvider, halfspace_label
+
+SIGMA = 0.25
+ALPHA = 0.001
+ALPHAS = [0.1, 0.01, 0.001, 1e-6]
+
+
+def _cohen_n_min(radius: float, sigma: float = SIGMA, alpha: float = ALPHA) -> int:
+    return math.ceil(math.log(alpha) / math.log(norm.cdf(radius / sigma)))
+
+
+def _counts_grid(ns=(1, 2, 5, 10, 20, 50, 100, 300, 1000, 5000)):
+    for n in ns:
+        for k in sorted({0, 1, 2, n // 4, n // 2, n // 2 + 1, (3 * n) // 4, (9 * n) // 10, n - 1, n}):
+            if 0 <= k <= n:
+                yield k, n
+
+
+# -- the confidence sequence -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_cs_lower_bound_is_at_most_clopper_pearson(alpha):
+    for k, n in _counts_grid():
+        bound = cs_lower_bound(k, n, alpha)
+        assert 0.0 <= bound < 1.0
+        assert bound <= clopper_pearson_lower(k, n, alpha), (k, n, alpha)
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 5000])
+@pytest.mark.parametrize("alpha", [0.5, 0.001])
+def test_cs_lower_bound_is_zero_without_successes(n, alpha):
+    assert cs_lower_bound(0, n, alpha) == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 10, 60, 200])
+@pytest.mark.parametrize("alpha", [0.05, 0.001])
+def test_cs_lower_bound_is_monotone_in_successes(n, alpha):
+    bounds = [cs_lower_bound(k, n, alpha) for k in range(n + 1)]
+    assert all(later >= earlier for earlier, later in zip(bounds, bounds[1:])), bounds
+    assert bounds[-1] > bounds[n // 2]  # and not constant
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.001, 1e-6])
+def test_unanimous_cs_lower_bound_grows_with_n(alpha):
+    bounds = [cs_lower_bound(n, n, alpha) for n in range(1, 400)]
+    assert all(later >= earlier for earlier, later in zip(bounds, bounds[1:]))
+    assert bounds[-1] > bounds[0]
+    # it is strictly below the fixed-n (Clopper–Pearson) unanimous bound α^{1/n}, but not by much at large n
+    for n in (50, 300, 399):
+        assert cs_lower_bound(n, n, alpha) < alpha ** (1.0 / n)
+    assert cs_lower_bound(2000, 2000, 0.001) > 0.99 * 0.001 ** (1 / 2000)
+
+
+def test_cs_lower_bound_is_the_crossing_of_the_mixture():
+    """L_n = inf{p : M_n(p) < 1/α}: M_n ≥ 1/α just below the bound and < 1/α just above it."""
+    a, b = DEFAULT_PRIOR
+    checked = 0
+    for k, n in _counts_grid():
+        for alpha in ALPHAS:
+            bound = cs_lower_bound(k, n, alpha)
+            threshold = math.log(1.0 / alpha)
+            if k > 0 and bound == 0.0:
+                # no crossing above the floor: the mixture is below 1/α everywhere it is evaluated
+                assert _log_mixture(1e-12, k, n - k, a, b) < threshold
+                continue
+            if bound < 1e-4:  # tiny bounds are found to an absolute (not relative) tolerance
+                continue
+            below = _log_mixture(bound * (1 - 1e-7), k, n - k, a, b)
+            above = _log_mixture(bound * (1 + 1e-7), k, n - k, a, b)
+            assert below >= threshold > above, (k, n, alpha, bound, below - threshold, above - threshold)
+            checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("prior", [DEFAULT_PRIOR, (1.0, 1.0)])
+def test_log_mixture_decreases_up_to_the_empirical_rate(prior):
+    """The bisection relies on log M_n(p) decreasing on (0, k/n]: then the crossing is unique."""
+    a, b = prior
+    for k, n in _counts_grid(ns=(1, 3, 10, 40, 100, 1000, 5000)):
+        if k == 0:
+            continue
+        top = min(k / n, 1 - 1e-9)
+        grid = np.concatenate([np.geomspace(1e-9, top * 1e-3, 40), np.linspace(top * 1e-3, top, 300)])
+        values = np.array([_log_mixture(float(p), k, n - k, a, b) for p in grid])
+        increases = np.diff(values)
+        slack = 1e-9 * np.maximum(1.0, np.abs(values[1:]))
+        assert (increases <= slack).all(), (k, n, grid[1:][increases > slack][:3])
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (0, 10), (3, 10), (50, 100), (99, 100), (100, 100), (700, 1000)])
+@pytest.mark.parametrize("alpha", [0.01, 0.001])
+def test_cs_upper_bound_mirrors_the_lower_bound(k, n, alpha):
+    upper = cs_upper_bound(k, n, alpha)
+    assert upper == 1.0 - cs_lower_bound(n - k, n, alpha)
+    assert k / n <= upper <= 1.0
+    assert upper >= clopper_pearson_upper(k, n, alpha)  # looser than the fixed-n bound
+    assert cs_lower_bound(k, n, alpha) <= k / n <= upper
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (-1, 5, 0.01),
+        (6, 5, 0.01),
+        (0, 0, 0.01),
+        (3, -2, 0.01),
+        (3, 5, 0.0),
+        (3, 5, 1.0),
+        (3, 5, -0.1),
+        (3, 5, float("nan")),
+    ],
+)
+@pytest.mark.parametrize("fn", [cs_lower_bound, cs_upper_bound])
+def test_cs_bounds_reject_invalid_inputs(fn, args):
+    with pytest.raises(InvalidParameterError):
+        fn(*args)
+
+
+@pytest.mark.parametrize("successes", [2.7, True, "3", float("nan")])
+def test_cs_bounds_reject_non_integer_counts(successes):
+    with pytest.raises(InvalidParameterError):
+        cs_lower_bound(successes, 5, 0.01)
+
+
+@pytest.mark.parametrize("prior", [(0, 1), (1, -1), (1,), "ab", None, (float("inf"), 1)])
+def test_cs_bounds_reject_invalid_priors(prior):
+    with pytest.raises(InvalidParameterError, match="prior"):
+        cs_lower_bound(3, 5, 0.01, prior=prior)
+    with pytest.raises(InvalidParameterError, match="prior"):
+        SequentialRule(SIGMA, ALPHA, 100, prior=prior)
+
+
+# -- first_certifying_n ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p_target", [0.5 + 1e-9, 0.6, 0.75, 0.841344746, 0.9, 0.97])
+@pytest.mark.parametrize("alpha", [0.01, 0.001])
+def test_first_certifying_n_equals_a_brute_force_scan(p_target, alpha):
+    n = 1
+    while cs_lower_bound(n, n, alpha) < p_target:
+        n += 1
+    assert first_certifying_n(p_target, alpha) == n
+    assert cs_lower_bound(n, n, alpha) >= p_target
+    if n > 1:
+        assert cs_lower_bound(n - 1, n - 1, alpha) < p_target
+
+
+def test_first_certifying_n_with_another_prior_and_limit():
+    prior = (1.0, 1.0)
+    n = 1
+    while cs_lower_bound(n, n, 0.01, prior=prior) < 0.9:
+        n += 1
+    assert first_certifying_n(0.9, 0.01, prior=prior) == n
+    assert first_certifying_n(0.9, 0.01, prior=prior, limit=n - 1) is None
+    assert first_certifying_n(0.9, 0.01, prior=prior, limit=n) == n
+
+
+@pytest.mark.parametrize("p_target", [0.0, 1.0, -0.2, 1.5])
+def test_first_certifying_n_rejects_bad_targets(p_target):
+    with pytest.raises(InvalidParameterError):
+        first_certifying_n(p_target, ALPHA)
+
+
+@pytest.mark.parametrize("radius", [0.25, 0.5])
+def test_sequential_minimum_is_close_to_the_cohen_minimum(radius):
+    """STATISTICS.md: n_min = 40 / 301 at σ = 0.25, α = 0.001; the confidence sequence needs ≤ 5% more."""
+    cohen = _cohen_n_min(radius)
+    assert cohen == {0.25: 40, 0.5: 301}[radius]
+    fewest = first_certifying_n(float(norm.cdf(radius / SIGMA)), ALPHA)
+    rule = SequentialRule(SIGMA, ALPHA, 10**6, radius=radius)
+    assert cohen <= fewest <= rule.min_samples() <= 1.05 * cohen
+    assert rule.radius_at(rule.min_samples(), rule.min_samples()) >= radius
+    assert rule.radius_at(rule.min_samples() - 1, rule.min_samples() - 1) < radius
+
+
+# -- look points and the rule ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first,budget,growth", [(1, 10, 1.1), (5, 100, 1.1), (11, 1000, 1.1), (7, 500, 1.5), (3, 40, 2.0)])
+def test_look_points(first, budget, growth):
+    points = look_points(first, budget, growth)
+    assert points[0] == first and points[-1] == budget
+    assert all(b > a for a, b in zip(points, points[1:]))
+    for a, b in zip(points[:-2], points[1:-1]):  # every look but the budget follows the growth rule
+        assert b == max(a + 1, math.ceil(a * growth))
+    if len(points) > 1:  # the budget comes no later than the next growth step would
+        assert points[-1] <= max(points[-2] + 1, math.ceil(points[-2] * growth))
+    assert look_points(first, budget, growth) == points  # deterministic
+
+
+def test_look_points_edge_cases():
+    assert look_points(200, 100) == [100]
+    assert look_points(100, 100) == [100]
+    assert look_points(0, 3) == [1, 2, 3]
+    for growth in (1.0, 0.5, -2):
+        with pytest.raises(InvalidParameterError):
+            look_points(1, 10, growth)
+
+
+@pytest.mark.parametrize("radius,budget", [(0.25, 1000), (0.5, 400), (0.1, 50)])
+def test_looks_include_the_target_minimum_and_unanimous_votes_certify_exactly_there(radius, budget):
+    rule = SequentialRule(SIGMA, ALPHA, budget, radius=radius)
+    needed = rule.min_samples()
+    looks = rule.looks()
+    assert needed in looks and looks[-1] == budget
+    assert all(b > a for a, b in zip(looks, looks[1:]))
+    assert looks[0] == first_certifying_n(0.5 + 1e-9, ALPHA)  # nothing can be certified before
+    outcome = rule.replay([True] * budget)
+    assert outcome.stop_reason == "certified" and outcome.certified
+    assert outcome.n == needed == outcome.successes
+    assert outcome.radius >= radius
+    assert outcome.looks == looks.index(needed) + 1
+
+
+def test_untargeted_looks_and_ceiling():
+    rule = SequentialRule(SIGMA, ALPHA, 1000)
+    assert rule.min_samples() is None and rule.target_p is None
+    assert rule.looks() == look_points(first_certifying_n(0.5 + 1e-9, ALPHA), 1000)
+    assert rule.ceiling == pytest.approx(SIGMA * norm.ppf(cs_lower_bound(1000, 1000, ALPHA)), rel=1e-12)
+    assert rule.ceiling < max_certifiable_radius(1000, SIGMA, ALPHA)
+    assert rule.tolerance == pytest.approx(0.1 * SIGMA)
+
+
+def test_all_wrong_votes_stop_at_the_first_look():
+    targeted = SequentialRule(SIGMA, ALPHA, 1000, radius=0.25)
+    outcome = targeted.replay([False] * 1000)
+    assert outcome.stop_reason == "futile" and not outcome.certified
+    assert outcome.n == targeted.looks()[0] and outcome.looks == 1 and outcome.radius == 0.0
+    untargeted = SequentialRule(SIGMA, ALPHA, 1000)
+    outcome = untargeted.replay([False] * 1000)
+    assert outcome.stop_reason == "settled" and outcome.n == untargeted.looks()[0] and outcome.radius == 0.0
+
+
+def test_data_shorter_than_the_rule_needs_ends():
+    rule = SequentialRule(SIGMA, ALPHA, 1000, radius=0.25)
+    needed = rule.min_samples()
+    outcome = rule.replay([True] * (needed - 1))
+    assert outcome.stop_reason == "ended"
+    assert outcome.n == max(look for look in rule.looks() if look <= needed - 1)
+    assert outcome.radius < 0.25
+    nothing = rule.replay([True] * (rule.looks()[0] - 1))
+    assert nothing.stop_reason == "ended" and nothing.n == 0 and nothing.looks == 0 and not nothing.certified
+    assert rule.replay([]).stop_reason == "ended"
+
+
+def _rate_votes(rate: float, n: int) -> list[bool]:
+    """A deterministic vote sequence with ⌊rate·i⌋ votes for ĉ among the first i."""
+    return [math.floor((i + 1) * rate) - math.floor(i * rate) == 1 for i in range(n)]
+
+
+def test_reaching_the_budget_stops_with_budget():
+    rule = SequentialRule(SIGMA, ALPHA, 200, tolerance=0.0)
+    outcome = rule.replay(_rate_votes(0.9, 500))  # more samples than the budget: the rest are ignored
+    assert outcome.stop_reason == "budget" and outcome.n == 200 and outcome.successes == 180
+    assert outcome.looks == len(rule.looks())
+    assert outcome.certified and 0 < outcome.radius <= rule.ceiling
+
+
+def test_a_target_out_of_reach_at_the_observed_rate_is_futile_before_the_budget():
+    rule = SequentialRule(SIGMA, ALPHA, 200, radius=0.25)
+    outcome = rule.replay(_rate_votes(0.8, 200))  # p̂ = 0.8 < Φ(1) = 0.84
+    assert outcome.stop_reason == "futile" and outcome.n < 200 and outcome.radius < 0.25
+
+
+def test_p_lower_is_a_running_maximum():
+    rule = SequentialRule(SIGMA, ALPHA, 1000)
+    votes = [True] * 60 + [False] * 940
+    outcome = rule.replay(votes)
+    prefix = np.concatenate([[0], np.cumsum(votes)])
+    made = rule.looks()[: outcome.looks]
+    assert outcome.p_lower == max(rule.lower_bound(int(prefix[n]), n) for n in made)
+    assert outcome.p_lower > rule.lower_bound(outcome.successes, outcome.n)  # the bound fell, the max did not
+    assert outcome.radius == pytest.approx(SIGMA * norm.ppf(outcome.p_lower), rel=1e-12)
+    # step by step: never decreasing, whatever the votes do
+    running = 0.0
+    for n in made:
+        new, _ = rule.step(int(prefix[n]), n, running)
+        assert new >= running
+        running = new
+    assert running == outcome.p_lower
+    assert rule.step(0, 100, 0.9)[0] == 0.9
+
+
+def test_check_feasible_names_the_needed_budget():
+    rule = SequentialRule(SIGMA, ALPHA, 300, radius=0.5)
+    needed = rule.min_samples()
+    assert needed > 300
+    with pytest.raises(InvalidParameterError, match=f"N={needed}"):
+        rule.check_feasible()
+    SequentialRule(SIGMA, ALPHA, needed, radius=0.5).check_feasible()  # exactly enough
+    SequentialRule(SIGMA, ALPHA, 300).check_feasible()  # no target: always feasible
+    with pytest.raises(InvalidParameterError, match="impractical"):
+        SequentialRule(SIGMA, ALPHA, 300, radius=1.4).check_feasible()  # needs > 10^8
+
+
+def test_check_feasible_for_a_radius_far_beyond_any_budget():
+    """Φ(r/σ) rounds to 1.0 in float64 for r/σ ≳ 8.3: still an InvalidParameterError."""
+    with pytest.raises(InvalidParameterError):
+        SequentialRule(SIGMA, ALPHA, 300, radius=3.0).check_feasible()
+
+
+def test_check_feasible_message_for_a_radius_far_beyond_any_budget():
+    with pytest.raises(InvalidParameterError, match="radius=3"):
+        SequentialRule(SIGMA, ALPHA, 300, radius=3.0).check_feasible()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(noise_sd=0.0),
+        dict(alpha=1.0),
+        dict(budget=0),
+        dict(radius=0.0),
+        dict(radius=-1.0),
+        dict(radius=True),
+        dict(radius=float("inf")),
+        dict(tolerance=-0.1),
+        dict(growth=1.0),
+        dict(futility_alpha=0.0),
+    ],
+)
+def test_sequential_rule_rejects_bad_parameters(kwargs):
+    params = dict(noise_sd=SIGMA, alpha=ALPHA, budget=100)
+    params.update(kwargs)
+    with pytest.raises(InvalidParameterError):
+        SequentialRule(**params)
+
+
+def test_stop_reasons_are_documented():
+    assert set(STOP_REASONS) == {"certified", "futile", "settled", "budget", "ended", "no_guess"}
+    assert sequential.DEFAULT_GROWTH > 1
+
+
+# -- the top-2 bound ---------------------------------------------------------------------------
+
+
+def _spread_counts(n_a: int, n_b: int, rest: int, labels: int = 50) -> dict[str, int]:
+    counts = {"A": n_a, "B": n_b}
+    for i in range(rest):
+        counts[f"other{i % labels}"] = counts.get(f"other{i % labels}", 0) + 1
+    return counts
+
+
+def test_top2_radius_formula():
+    counts = _spread_counts(600, 200, 200)
+    out = certify_top2_from_counts("A", "B", counts, 1000, SIGMA, ALPHA)
+    split_a, split_b, split_rest = TOP2_ALPHA_SPLIT
+    p_lower = clopper_pearson_lower(600, 1000, ALPHA * split_a)
+    p_upper = min(
+        max(clopper_pearson_upper(200, 1000, ALPHA * split_b), clopper_pearson_upper(200, 1000, ALPHA * split_rest)),
+        1 - p_lower,
+    )
+    assert out.label == "A"
+    assert out.p_lower == p_lower and out.p_upper == p_upper
+    assert out.radius == pytest.approx(SIGMA / 2 * (norm.ppf(p_lower) - norm.ppf(p_upper)), rel=1e-12)
+
+
+@pytest.mark.parametrize("n", [200, 1000, 5000])
+def test_top2_beats_cohen_when_votes_are_split(n):
+    counts = _spread_counts(6 * n // 10, 2 * n // 10, 2 * n // 10, labels=max(2, n // 10))
+    top2 = certify_top2_from_counts("A", "B", counts, n, SIGMA, ALPHA)
+    cohen = certify_from_counts("A", counts, n, SIGMA, ALPHA)
+    assert top2.label == "A"
+    assert top2.radius > cohen.radius
+
+
+@pytest.mark.parametrize("n", [50, 100, 1000])
+def test_top2_loses_to_cohen_with_unanimous_votes(n):
+    for runner_up in ("B", None):
+        top2 = certify_top2_from_counts("A", runner_up, {"A": n}, n, SIGMA, ALPHA)
+        cohen = certify_from_counts("A", {"A": n}, n, SIGMA, ALPHA)
+        assert 0 < top2.radius < cohen.radius
+        # with every vote for A the top-2 bound is Cohen's at α·split[0]
+        assert top2.radius == pytest.approx(max_certifiable_radius(n, SIGMA, ALPHA * TOP2_ALPHA_SPLIT[0]), rel=1e-9)
+
+
+def test_top2_without_runner_up_bounds_everything_else_together():
+    counts = {"A": 700, "x": 100, "y": 100, "z": 100}
+    out = certify_top2_from_counts("A", None, counts, 1000, SIGMA, ALPHA)
+    split_a, split_b, split_rest = TOP2_ALPHA_SPLIT
+    assert out.p_lower == clopper_pearson_lower(700, 1000, ALPHA * split_a)
+    assert out.p_upper == clopper_pearson_upper(300, 1000, ALPHA * (split_b + split_rest))
+    assert out.label == "A" and out.radius > 0
+    # no guess abstains; failed samples (n larger than the counts) count against A
+    assert certify_top2_from_counts(None, None, counts, 1000, SIGMA, ALPHA).label is None
+    with_errors = certify_top2_from_counts("A", None, {"A": 700}, 1000, SIGMA, ALPHA)
+    assert with_errors.p_lower == out.p_lower and with_errors.p_upper == out.p_upper
+
+
+@pytest.mark.parametrize(
+    "split", [(0.5, 0.5, 0.0), (0.5, 0.25), (0.6, 0.3, 0.3), (1.0, -0.5, 0.5), (0.2, 0.2, 0.2, 0.4)]
+)
+def test_top2_rejects_bad_alpha_split(split):
+    with pytest.raises(InvalidParameterError, match="alpha_split"):
+        certify_top2_from_counts("A", "B", {"A": 10}, 10, SIGMA, ALPHA, alpha_split=split)
+
+
+def test_top2_rejects_bad_counts():
+    with pytest.raises(InvalidParameterError):
+        certify_top2_from_counts("A", "A", {"A": 10}, 10, SIGMA, ALPHA)
+    with pytest.raises(InvalidParameterError):
+        certify_top2_from_counts("A", "B", {"A": 10, "B": 5}, 10, SIGMA, ALPHA)
+    with pytest.raises(InvalidParameterError):
+        certify_top2_from_counts("A", "B", {"A": 0}, 0, SIGMA, ALPHA)
+
+
+# -- RobustAPI: online == offline for every method ---------------------------------------------
+
+
+class ThreeWay(Counting):
+    """A deterministic base classifier on one pixel, with three labels; counts what it is sent."""
+
+    def __call__(self, batch):
+        super().__call__(batch)
+        value = batch[:, 0, 0, 0]
+        return np.where(value < 0.5, "A", np.where(value < 0.6, "B", "C")).tolist()
+
+
+def _image(value: float = 0.2) -> np.ndarray:
+    return np.full((8, 8, 3), value, dtype=np.float32)
+
+
+CONFIGS = [
+    dict(method="cohen"),
+    dict(method="cohen", selection="clean"),
+    dict(method="top2"),
+    dict(method="top2", selection="clean"),
+    dict(method="sequential"),
+    dict(method="sequential", radius=0.1),
+    dict(method="sequential", selection="noise"),
+    dict(method="sequential", selection="noise", radius=0.1),
+    dict(method="sequential", tolerance=0.01),
+]
+
+
+def _config_id(config):
+    return "-".join(f"{k}={v}" for k, v in config.items())
+
+
+def _same(a, b):
+    assert a.label == b.label or (a.label is ABSTAIN and b.label is ABSTAIN)
+    for field in ("radius", "p_lower", "p_upper", "n", "n0", "errors", "stop_reason", "counts", "selection_counts",
+                  "guess", "method", "selection", "budget", "ceiling", "target_radius", "noise_sd", "alpha"):
+        assert getattr(a, field) == getattr(b, field), field
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_config_id)
+def test_online_certificate_equals_offline_recertification(config):
+    provider = ThreeWay()
+    kwargs = dict(config)
+    expected_selection = kwargs.get("selection") or ("clean" if kwargs["method"] == "sequential" else "noise")
+    if expected_selection == "noise":
+        kwargs["N0"] = 10
+    cert = RobustAPI(provider, log=False, seed=7).certify(_image(), noise_sd=SIGMA, N=300, alpha=ALPHA, **kwargs)
+    assert cert.label == "A" and cert.radius > 0 and not cert.offline
+    assert provider.images == cert.queries == cert.samples == cert.n0 + cert.n
+    # the fields
+    assert cert.method == config["method"] and cert.selection == expected_selection
+    assert cert.n0 == (1 if expected_selection == "clean" else 10)
+    assert cert.budget == 300 and cert.target_radius == config.get("radius")
+    if config["method"] == "cohen":
+        assert cert.n == 300 and cert.stop_reason is None and cert.p_upper is None
+        assert cert.ceiling == max_certifiable_radius(300, SIGMA, ALPHA)
+    elif config["method"] == "top2":
+        assert cert.n == 300 and cert.stop_reason is None and cert.p_upper is not None
+        assert cert.ceiling == max_certifiable_radius(300, SIGMA, ALPHA * TOP2_ALPHA_SPLIT[0])
+        assert cert.radius == pytest.approx(SIGMA / 2 * (norm.ppf(cert.p_lower) - norm.ppf(cert.p_upper)), rel=1e-12)
+    else:
+        rule = SequentialRule(SIGMA, ALPHA, 300, radius=config.get("radius"), tolerance=config.get("tolerance"))
+        assert cert.stop_reason in STOP_REASONS and cert.n in rule.looks()
+        assert cert.ceiling == rule.ceiling
+        votes = [r.error is None and r.label == cert.guess for r in cert.logs.phase_records("estimation")]
+        assert len(votes) == cert.n  # the online run queried exactly up to its stopping look
+        outcome = rule.replay(votes)
+        assert (outcome.n, outcome.p_lower, outcome.radius, outcome.stop_reason) == (
+            cert.n, cert.p_lower, cert.radius, cert.stop_reason)
+        if config.get("radius"):
+            assert cert.stop_reason == "certified" and cert.radius >= config["radius"]
+            assert cert.n >= rule.min_samples()
+        if "tolerance" not in config:
+            assert cert.n < 300  # stopped early
+    # offline, twice: with the logged method and naming it
+    for offline in (
+        RobustAPI("anything", online=False).certify(cert.logs),
+        certify_from_log(cert.logs, alpha=ALPHA, method=config["method"]),
+    ):
+        assert offline.offline and offline.queries == 0
+        _same(cert, offline)
+        assert tuple(offline) == (cert.label, cert.radius)
+
+
+def test_sequential_log_cannot_be_recertified_with_a_fixed_n_method():
+    cert = RobustAPI(ThreeWay(), log=False, seed=1).certify(_image(), noise_sd=SIGMA, N=300, method="sequential")
+    for method in ("cohen", "top2"):
+        with pytest.raises(LogMismatchError, match="sequential"):
+            certify_from_log(cert.logs, method=method)
+        with pytest.raises(LogMismatchError):
+            RobustAPI("x", online=False).certify(cert.logs, method=method)
+
+
+def test_cohen_log_can_be_replayed_sequentially():
+    cert = RobustAPI(ThreeWay(), log=False, seed=2).certify(_image(), noise_sd=SIGMA, N0=10, N=300)
+    assert cert.method == "cohen"
+    replayed = certify_from_log(cert.logs, method="sequential")
+    assert replayed.method == "sequential" and replayed.selection == "noise" and replayed.budget == 300
+    rule = SequentialRule(SIGMA, ALPHA, 300)
+    votes = [r.error is None and r.label == cert.guess for r in cert.logs.phase_records("estimation")]
+    outcome = rule.replay(votes)
+    assert (replayed.n, replayed.p_lower, replayed.radius, replayed.stop_reason) == (
+        outcome.n, outcome.p_lower, outcome.radius, outcome.stop_reason)
+    assert replayed.guess == cert.guess and replayed.label == "A"
+    # with a target, and a smaller budget than logged
+    targeted = certify_from_log(cert.logs, method="sequential", radius=0.1, N=200)
+    assert targeted.target_radius == 0.1 and targeted.budget == 200 and targeted.stop_reason == "certified"
+    # radius/tolerance belong to the sequential method offline too
+    with pytest.raises(InvalidParameterError):
+        certify_from_log(cert.logs, method="cohen", radius=0.1)
+
+
+def test_clean_selection_spends_exactly_one_selection_query():
+    for method in ("cohen", "top2", "sequential"):
+        provider = Counting()
+        cert = RobustAPI(provider, log=False, seed=4).certify(
+            _image(0.2), noise_sd=SIGMA, N=200, method=method, selection="clean")
+        assert cert.n0 == 1 and cert.selection_counts == {"A": 1}
+        assert [r.phase for r in cert.logs].count("clean") == 1
+        assert not cert.logs.phase_records("selection")
+        assert provider.images == 1 + cert.n == cert.queries
+
+
+class Recording(Counting):
+    """Keeps a copy of every batch it is sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def __call__(self, batch):
+        self.batches.append(np.array(batch))
+        return super().__call__(batch)
+
+
+@pytest.mark.parametrize("method", ["cohen", "sequential"])
+def test_clean_selection_sends_the_image_as_it_is(method):
+    """The clean query is noise-free and not denoised; the estimation samples are noisy and denoised."""
+    provider = Recording()
+    denoised = []
+
+    def denoiser(images):
+        denoised.append(len(images))
+        return images
+
+    image = _image(0.3)
+    cert = RobustAPI(provider, denoiser=denoiser, log=False, seed=8).certify(
+        image, noise_sd=SIGMA, N=100, method=method, selection="clean")
+    first = provider.batches[0]
+    assert first.shape == (1,) + image.shape and np.array_equal(first[0], image)
+    assert cert.selection_counts == {"A": 1}
+    assert sum(denoised) == cert.n  # only the estimation samples went through the denoiser
+    noisy = np.concatenate(provider.batches[1:])
+    assert len(noisy) == cert.n and noisy[:, 0, 0, 0].std() > 0.1
+
+
+@pytest.mark.parametrize("method", ["cohen", "top2", "sequential", None])
+def test_clean_selection_refuses_N0(method):
+    provider = Counting()
+    with pytest.raises(InvalidParameterError, match="N0"):
+        RobustAPI(provider, log=False).certify(_image(), noise_sd=SIGMA, N0=5, N=100, method=method, selection="clean")
+    if method == "sequential":  # clean is its default
+        with pytest.raises(InvalidParameterError, match="N0"):
+            RobustAPI(provider, log=False).certify(_image(), noise_sd=SIGMA, N0=5, N=100, method=method)
+    assert provider.images == 0
+
+
+@pytest.mark.parametrize("method", [None, "cohen", "top2"])
+@pytest.mark.parametrize("extra", [dict(radius=0.1), dict(tolerance=0.01)])
+def test_radius_and_tolerance_need_the_sequential_method(method, extra):
+    provider = Counting()
+    with pytest.raises(InvalidParameterError, match="sequential"):
+        RobustAPI(provider, log=False).certify(_image(), noise_sd=SIGMA, N=100, method=method, **extra)
+    assert provider.images == 0 and provider.calls == 0
+
+
+@pytest.mark.parametrize("radius,N", [(0.5, 300), (0.25, 41), (1.4, 1000), (3.0, 1000), (-0.1, 1000), (0.0, 100)])
+def test_infeasible_or_bad_target_is_refused_before_any_query(tmp_path, radius, N):
+    provider = Counting()
+    api = RobustAPI(provider, log=tmp_path / "log.sqlite3", seed=0)
+    with pytest.raises(InvalidParameterError):
+        api.certify(_image(), noise_sd=SIGMA, N=N, method="sequential", radius=radius)
+    assert provider.images == 0 and provider.calls == 0
+    with open_log(tmp_path / "log.sqlite3") as log:
+        assert len(list(log)) == 0  # no call opened either
+
+
+def test_infeasible_target_message_names_the_needed_budget():
+    needed = SequentialRule(SIGMA, ALPHA, 300, radius=0.5).min_samples()
+    with pytest.raises(InvalidParameterError, match=f"N={needed}"):
+        RobustAPI(Counting(), log=False).certify(_image(), noise_sd=SIGMA, N=300, method="sequential", radius=0.5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="bayes"), dict(method="Cohen"), dict(selection="none"),
+                                    dict(method="sequential", selection="clean-ish"), dict(method=1)])
+def test_unknown_method_or_selection_raises_before_any_query(kwargs):
+    provider = Counting()
+    with pytest.raises(InvalidParameterError):
+        RobustAPI(provider, log=False).certify(_image(), noise_sd=SIGMA, N=100, **kwargs)
+    assert provider.images == 0
+
+
+def NoLabel():
+    """A provider whose answers carry no label (an empty API response)."""
+    return FakeProvider(lambda image: None, identity="test:no-label", batch=64)
+
+
+def test_clean_query_without_a_label_abstains_without_estimation_queries():
+    provider = NoLabel()
+    cert = RobustAPI(provider, log=False, seed=0).certify(_image(), noise_sd=SIGMA, N=300, method="sequential")
+    assert cert.label is ABSTAIN and cert.stop_reason == "no_guess" and cert.guess is None
+    assert cert.n == 0 and cert.radius == 0.0 and cert.counts == {}
+    assert provider.images_sent == cert.queries == 1  # the clean query only
+    assert not cert.logs.phase_records("estimation")
+    offline = certify_from_log(cert.logs)
+    assert offline.label is ABSTAIN and offline.stop_reason == "no_guess" and offline.n == 0
+
+
+def test_failing_clean_query_is_logged_and_replays_as_no_guess(tmp_path):
+    def broken(batch):
+        raise RuntimeError("the API is down")
+
+    path = tmp_path / "log.sqlite3"
+    with pytest.raises(ProviderError, match="the API is down"):
+        RobustAPI(broken, log=path, seed=0).certify(_image(), noise_sd=SIGMA, N=300, method="sequential")
+    with open_log(path) as log:
+        (call,) = list(log)
+        assert call.status == "failed"
+        assert [(r.phase, r.label) for r in call] == [("clean", None)] and call[0].error
+        cert = RobustAPI("x", online=False).certify(call)
+    assert cert.label is ABSTAIN and cert.stop_reason == "no_guess" and cert.n == 0 and cert.selection == "clean"
+
+
+# -- certify_batch ------------------------------------------------------------------------------
+
+
+BATCH_VALUES = [0.2, 0.45, 0.3, 0.9, 0.5]  # clear A, borderline A, A, clear B, coin flip
+
+
+@pytest.mark.parametrize("total,extra", [(400, {}), (900, {}), (3000, {}), (900, dict(radius=0.1)),
+                                         (900, dict(N=150)), (900, dict(selection="noise", N0=9))])
+def test_certify_batch_respects_the_shared_budget(total, extra):
+    provider = Counting()
+    images = [_image(v) for v in BATCH_VALUES]
+    certs = RobustAPI(provider, log=False, seed=5).certify_batch(images, noise_sd=SIGMA, total_queries=total, **extra)
+    assert len(certs) == len(images)
+    assert provider.images <= total
+    assert sum(c.queries for c in certs) == provider.images
+    cap = extra.get("N", math.ceil(2 * total / len(images)))
+    for cert, value in zip(certs, BATCH_VALUES):
+        assert cert.method == "sequential" and cert.stop_reason in STOP_REASONS
+        assert cert.budget == cap and cert.n <= cap and cert.target_radius == extra.get("radius")
+        assert cert.logs.params["total_queries"] == total
+        if cert.label is not ABSTAIN:
+            assert cert.label == halfspace_label(_image(value))
+        # each certificate is the offline replay of its own log
+        offline = RobustAPI("x", online=False).certify(cert.logs)
+        _same(cert, offline)
+    assert certs[0].label == "A" and certs[3].label == "B"
+    if total == 400:  # the budget cannot finish every image: some are stopped by it
+        assert any(c.stop_reason == "ended" for c in certs)
+
+
+def test_certify_batch_refuses_too_small_a_budget_before_any_query():
+    provider = Counting()
+    images = [_image(v) for v in BATCH_VALUES]
+    first = SequentialRule(SIGMA, ALPHA, 100).looks()[0]
+    needed = len(images) * (1 + first)
+    with pytest.raises(InvalidParameterError, match=f"total_queries >= {needed}"):
+        RobustAPI(provider, log=False).certify_batch(images, noise_sd=SIGMA, total_queries=needed - 1, N=100)
+    assert provider.images == 0
+    RobustAPI(provider, log=False, seed=0).certify_batch(images, noise_sd=SIGMA, total_queries=needed, N=100)
+    assert 0 < provider.images <= needed
+
+
+def test_certify_batch_refuses_an_infeasible_target_before_any_query():
+    provider = Counting()
+    with pytest.raises(InvalidParameterError):
+        RobustAPI(provider, log=False).certify_batch([_image(), _image(0.4)], noise_sd=SIGMA, total_queries=200, radius=0.5)
+    assert provider.images == 0
+
+
+@pytest.mark.parametrize("images", [_image(), "image.png", [], (), None, 3])
+def test_certify_batch_needs_a_list_of_images(images):
+    provider = Counting()
+    with pytest.raises(InvalidParameterError, match="list"):
+        RobustAPI(provider, log=False).certify_batch(images, noise_sd=SIGMA, total_queries=1000)
+    assert provider.images == 0
+
+
+def test_certify_batch_checks_every_image_before_any_query():
+    provider = Counting()
+    with pytest.raises(InvalidInputError):
+        RobustAPI(provider, log=False).certify_batch([_image(), np.full((8, 8, 3), np.nan)], noise_sd=SIGMA,
+                                                     total_queries=1000)
+    assert provider.images == 0
+
+
+def test_certify_batch_is_online_only():
+    with pytest.raises(OfflineModeError):
+        RobustAPI("x", online=False).certify_batch([_image()], noise_sd=SIGMA, total_queries=1000)
