@@ -93,25 +93,35 @@ def halfspace_label(x: np.ndarray) -> str:
 
 
 class Counting:
-    """The test double of a callable provider: labels a batch and counts what it was asked
-    (``calls`` and ``images``).
+    """The test double of a callable provider: labels a batch and counts what it was asked.
 
     Args:
         label_of: the base classifier on one image float32 [H, W, C] (default: the half-space one).
         labels_of: instead, one on a whole batch [B, H, W, C] → B labels (vectorized, for the
             soundness tests' millions of queries).
+        keep: keep a copy of every batch in ``batches``.
+
+    Attributes:
+        calls, images: counts. low, high: the smallest and largest pixel value sent.
     """
 
-    def __init__(self, label_of=None, labels_of=None):
+    def __init__(self, label_of=None, labels_of=None, keep=False):
         self.label_of = label_of or halfspace_label
         self.labels_of = labels_of
+        self.keep = keep
+        self.batches = []
         self.calls = 0
         self.images = 0
+        self.low, self.high = np.inf, -np.inf
 
     def __call__(self, batch):
         assert batch.dtype == np.float32 and batch.ndim == 4
         self.calls += 1
         self.images += len(batch)
+        self.low = min(self.low, float(batch.min()))
+        self.high = max(self.high, float(batch.max()))
+        if self.keep:
+            self.batches.append(np.array(batch))
         if self.labels_of is not None:
             return self.labels_of(batch)
         return [self.label_of(x) for x in batch]
@@ -132,6 +142,7 @@ class FakeProvider(Provider):
             QueryFailure. seed: of those draws.
         latency_s: sleep per request. fatal_after: requests answered before every later one
             raises CredentialsError naming ``secret`` (which ``redact`` hides).
+        keep: keep a copy of every request's images in ``batches``.
 
     Attributes:
         requests, images_sent, images_answered: counts. in_flight, max_in_flight: requests at
@@ -141,7 +152,7 @@ class FakeProvider(Provider):
     def __init__(self, label_of=None, *, identity="test:fake", price=0.0, batch=64, concurrency=1,
                  allow_high_cost=False, fail_rate=0.0, image_fail_rate=0.0,
                  kinds=("throttled", "server", "timeout", "malformed"), latency_s=0.0, seed=0, fatal_after=None,
-                 secret="sk-very-secret"):
+                 secret="sk-very-secret", keep=False):
         self.label_of = label_of or halfspace_label
         self.identity = identity
         self.cost_per_query_usd = price
@@ -155,6 +166,7 @@ class FakeProvider(Provider):
         self.requests = self.images_sent = self.images_answered = 0
         self.in_flight = self.max_in_flight = 0
         self.low, self.high = np.inf, -np.inf
+        self.keep, self.batches = keep, []
 
     def _draw(self) -> float:
         with self.lock:
@@ -168,6 +180,8 @@ class FakeProvider(Provider):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.low = min(self.low, float(images.min()))
             self.high = max(self.high, float(images.max()))
+            if self.keep:
+                self.batches.append(np.array(images))
             request_number = self.requests
         try:
             if self.latency_s:

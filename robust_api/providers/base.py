@@ -21,10 +21,13 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ..errors import MissingDependencyError, UnknownProviderError
+from ..errors import InvalidParameterError, MissingDependencyError, ProviderResponseError, UnknownProviderError
 from ..images import DEFAULT_MAX_PIXELS
 
-__all__ = ["Provider", "QueryFailure", "register_provider", "known_providers", "create_provider", "provider_factory", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "Provider", "QueryFailure", "register_provider", "known_providers", "create_provider", "provider_factory",
+    "ENTRY_POINT_GROUP", "check_label_fn", "apply_label_fn",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -204,3 +207,27 @@ def create_provider(name: str, **options: Any) -> Provider:
     if not isinstance(name, str):
         raise UnknownProviderError(f"provider name must be a string, got {type(name).__name__}")
     return _resolve(name)(**options)
+
+
+def check_label_fn(label_fn: Any, takes: str) -> Any:
+    """``label_fn`` when it is None or callable, else InvalidParameterError.
+
+    The one ``label_fn`` contract, for every provider that takes one: a pure function from
+    one answer, in the form ``parse`` reads it (``takes``: a callable's raw response, a cloud
+    provider's normalized ``[(name, score), ...]``), to a str label (see :func:`apply_label_fn`).
+    """
+    if label_fn is not None and not callable(label_fn):
+        raise InvalidParameterError(f"label_fn must be a callable {takes} -> str")
+    return label_fn
+
+
+def apply_label_fn(label_fn: Callable[[Any], Any], answer: Any) -> str:
+    """``label_fn(answer)``, which must be a str label; ProviderResponseError otherwise (the
+    query is then recorded as failed, never as a vote)."""
+    label = label_fn(answer)
+    if not isinstance(label, str):
+        raise ProviderResponseError(
+            f"label_fn produced a label of type {type(label).__name__} ({label!r:.60}); labels must be str: "
+            "make label_fn return the class name"
+        )
+    return label

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import InvalidParameterError, ProviderResponseError
 from ..pricing import check_cost_per_query
 from ..validation import MAX_BATCH_SIZE, check_count
-from .base import Provider
+from .base import Provider, apply_label_fn, check_label_fn
 
 __all__ = ["CallableProvider"]
 
@@ -50,10 +50,8 @@ class CallableProvider(Provider):
     ):
         if not callable(fn):
             raise InvalidParameterError(f"provider must be callable, got {type(fn).__name__}")
-        if label_fn is not None and not callable(label_fn):
-            raise InvalidParameterError("label_fn must be a callable raw response -> str")
         self.fn = fn
-        self.label_fn = label_fn
+        self.label_fn = check_label_fn(label_fn, "raw response")
         self.identity = name or f"callable:{_callable_name(fn)}"
         self.max_batch_size = check_count(batch_size, "batch_size", MAX_BATCH_SIZE)
         self.cost_per_query_usd = check_cost_per_query(cost_per_query_usd, allow_high_cost=allow_high_cost)
@@ -76,11 +74,12 @@ class CallableProvider(Provider):
         return answers
 
     def parse(self, raw: Any) -> str:
-        label = self.label_fn(raw) if self.label_fn is not None else raw
+        if self.label_fn is not None:
+            return apply_label_fn(self.label_fn, raw)
+        label = raw
         if not isinstance(label, str):
-            where = "label_fn" if self.label_fn is not None else self.identity
             raise ProviderResponseError(
-                f"{where} produced a label of type {type(label).__name__} ({label!r:.60}); labels must be str. "
+                f"{self.identity} produced a label of type {type(label).__name__} ({label!r:.60}); labels must be str. "
                 "Map class indices to names, or pass label_fn= to extract the label from a raw response."
             )
         return label

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InvalidImageError, InvalidParameterError, ProviderResponseError, TransientProviderError
 from ..pricing import check_cost_per_query, price_per_query
-from .base import Provider, QueryFailure
+from .base import Provider, QueryFailure, apply_label_fn, check_label_fn
 
 __all__ = [
     "CloudProvider",
@@ -481,9 +481,7 @@ class CloudProvider(Provider):
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (0 < timeout_s < math.inf):
             raise InvalidParameterError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.timeout_s = float(timeout_s)
-        if label_fn is not None and not callable(label_fn):
-            raise InvalidParameterError("label_fn must be a callable [(name, score), ...] -> str")
-        self.label_fn = label_fn
+        self.label_fn = check_label_fn(label_fn, "[(name, score), ...]")
         if resize not in RESIZE_MODES:
             raise InvalidParameterError(f"resize must be None or 'fit', got {resize!r}")
         self.resize = resize
@@ -690,7 +688,4 @@ class CloudProvider(Provider):
             ) from None
         if self.label_fn is None:
             return top_label(labels)
-        label = self.label_fn(labels)
-        if not isinstance(label, str):
-            raise ProviderResponseError(f"label_fn returned {type(label).__name__}; it must return a str label")
-        return label
+        return apply_label_fn(self.label_fn, labels)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import robust_api
+from doubles import Counting
 from robust_api import RobustAPI
 from robust_api.denoisers import DnCNN, load_denoiser, save_denoiser
 from robust_api.denoisers.base import noisy_input_of
@@ -53,17 +54,9 @@ class RecordingDenoiser:
         return images * 0.5 + 0.25  # values outside [0, 1] stay outside: the SDK clips them
 
 
-class RecordingProvider:
-    """A callable provider that records the range of what it was sent."""
-
-    def __init__(self):
-        self.low, self.high, self.images = np.inf, -np.inf, 0
-
-    def __call__(self, batch):
-        self.images += len(batch)
-        self.low = min(self.low, float(batch.min()))
-        self.high = max(self.high, float(batch.max()))
-        return ["A" if float(x.mean()) < 0.5 else "B" for x in batch]
+def RecordingProvider():
+    """A callable provider that records the range of what it was sent (``low``, ``high``)."""
+    return Counting(lambda x: "A" if float(x.mean()) < 0.5 else "B")
 
 
 # ----------------------------------------------------------------------------------------------

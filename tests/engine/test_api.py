@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import robust_api
+from doubles import FakeProvider
 from robust_api import ABSTAIN, CallLog, Certificate, Prediction, RobustAPI
 from robust_api.images import image_digest
 from robust_api.noise import NoiseSampler
@@ -105,21 +106,9 @@ def test_same_seed_same_copies_through_the_api(image):
 
 
 def test_selection_and_estimation_never_share_noise(image):
-    batches = {}
-
-    class Recorder(robust_api.Provider):
-        identity = "recorder"
-        max_batch_size = 1000
-
-        def send(self, images):
-            batches.setdefault("all", []).append(images.copy())
-            return halfspace(images)
-
-        def parse(self, raw):
-            return raw
-
-    cert = RobustAPI(Recorder(), log=False, seed=5).certify(image, noise_sd=0.25, N0=10, N=10)
-    selection, estimation = batches["all"]
+    recorder = FakeProvider(batch=1000, keep=True)
+    cert = RobustAPI(recorder, log=False, seed=5).certify(image, noise_sd=0.25, N0=10, N=10)
+    selection, estimation = recorder.batches
     assert cert.logs.phase_records("selection")[0].phase == "selection"
     assert not any(np.array_equal(a, b) for a in selection for b in estimation)
 

@@ -456,13 +456,10 @@ def test_top2_rejects_bad_counts():
 # -- RobustAPI: online == offline for every method ---------------------------------------------
 
 
-class ThreeWay(Counting):
+def ThreeWay():
     """A deterministic base classifier on one pixel, with three labels; counts what it is sent."""
-
-    def __call__(self, batch):
-        super().__call__(batch)
-        value = batch[:, 0, 0, 0]
-        return np.where(value < 0.5, "A", np.where(value < 0.6, "B", "C")).tolist()
+    return Counting(labels_of=lambda batch: np.where(batch[:, 0, 0, 0] < 0.5, "A",
+                                                     np.where(batch[:, 0, 0, 0] < 0.6, "B", "C")).tolist())
 
 
 def _image(value: float = 0.2) -> np.ndarray:
@@ -577,22 +574,10 @@ def test_clean_selection_spends_exactly_one_selection_query():
         assert provider.images == 1 + cert.n == cert.queries
 
 
-class Recording(Counting):
-    """Keeps a copy of every batch it is sent."""
-
-    def __init__(self):
-        super().__init__()
-        self.batches = []
-
-    def __call__(self, batch):
-        self.batches.append(np.array(batch))
-        return super().__call__(batch)
-
-
 @pytest.mark.parametrize("method", ["cohen", "sequential"])
 def test_clean_selection_sends_the_image_as_it_is(method):
     """The clean query is noise-free and not denoised; the estimation samples are noisy and denoised."""
-    provider = Recording()
+    provider = Counting(keep=True)  # keeps a copy of every batch
     denoised = []
 
     def denoiser(images):
