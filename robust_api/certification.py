@@ -10,7 +10,6 @@ through the offline path) and the sequential method (its replay of the logged vo
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -21,6 +20,7 @@ from .statistics import (
     TOP2_ALPHA_SPLIT,
     certify_from_counts,
     certify_top2_from_counts,
+    count_labels,
     max_certifiable_radius,
     predict_from_counts,
     ranked_labels,
@@ -34,12 +34,6 @@ METHODS = ("cohen", "top2", "sequential")
 #: Estimation votes: label → count (fixed-N methods), or labels in sample order with None for
 #: a failed query (any method; the sequential one needs the order).
 Estimation = Union[Mapping[str, int], Sequence[Optional[str]]]
-
-
-def count_labels(labels: Sequence[Optional[str]]) -> tuple[dict[str, int], int]:
-    """(label → count, most first; failed samples) of labels in sample order (None = a failed query)."""
-    votes = Counter(label for label in labels if label is not None)
-    return dict(votes.most_common()), len(labels) - sum(votes.values())
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ and analysis do not.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from .errors import MissingDependencyError
@@ -16,11 +17,13 @@ __all__ = ["TORCH_INSTALL", "require_torch", "has_torch"]
 
 #: The install command named in every "PyTorch is missing" error.
 TORCH_INSTALL = "pip install 'robust-api[torch]'"
+_TORCH_EXTRA = ("torch", "safetensors")
 
 
 def has_torch() -> bool:
-    """True when PyTorch can be imported (without importing it when it is absent)."""
-    return importlib.util.find_spec("torch") is not None
+    """True when PyTorch and safetensors (the ``[torch]`` extra) are installed, found without
+    importing them."""
+    return all(importlib.util.find_spec(module) is not None for module in _TORCH_EXTRA)
 
 
 def require_torch(purpose: str) -> ModuleType:
@@ -30,7 +33,7 @@ def require_torch(purpose: str) -> ModuleType:
     Args:
         purpose: what needs it, for the message (e.g. ``"the denoiser 'photo-0.25'"``).
     """
-    for module in ("torch", "safetensors"):
+    for module in _TORCH_EXTRA:
         try:
             importlib.import_module(module)
         except ImportError as exc:

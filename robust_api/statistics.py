@@ -11,7 +11,8 @@ g(x) = argmax_c P[f(x + δ) = c] with δ ~ N(0, σ² I) in [0, 1] pixel units.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Optional
@@ -44,6 +45,7 @@ __all__ = [
     "clopper_pearson_lower",
     "radius_from_p_lower",
     "top_label",
+    "count_labels",
     "ranked_labels",
     "PredictOutcome",
     "CertifyOutcome",
@@ -112,6 +114,13 @@ def ranked_labels(counts: Mapping[Hashable, int]) -> list[Hashable]:
     """Labels with a positive count, most votes first, ties broken by the smaller ``str(label)``
     (the order :func:`top_label` uses; the runner-up of a selection vote is the second)."""
     return sorted((label for label, count in counts.items() if count > 0), key=lambda label: (-int(counts[label]), str(label)))
+
+
+def count_labels(labels: Sequence[Optional[str]]) -> tuple[dict[str, int], int]:
+    """(label → count, most first; failed samples) of votes in sample order (None = a failed
+    sample, no vote for any class)."""
+    votes = Counter(label for label in labels if label is not None)
+    return dict(votes.most_common()), len(labels) - sum(votes.values())
 
 
 def top_label(counts: Mapping[Hashable, int]) -> Optional[Hashable]:

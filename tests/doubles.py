@@ -1,6 +1,5 @@
 """Test doubles shared by the test modules (import as ``from doubles import ...``)."""
 
-import importlib.util
 import json
 import random
 import threading
@@ -12,10 +11,11 @@ import numpy as np
 import pytest
 
 from robust_api.errors import CredentialsError, TransientProviderError
+from robust_api.optional import has_torch
 from robust_api.providers.base import Provider, QueryFailure
 
 #: PyTorch (and safetensors) installed: the ``[torch]`` extra. Without it, tests that need it skip.
-HAS_TORCH = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("safetensors") is not None
+HAS_TORCH = has_torch()
 TORCH_SKIP_REASON = "needs PyTorch: pip install 'robust-api[torch]'"
 
 

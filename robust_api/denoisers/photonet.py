@@ -15,7 +15,7 @@ they are padded (reflection) to a multiple of 8 and the output cropped back.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F

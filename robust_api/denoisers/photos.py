@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path

@@ -7,7 +7,7 @@ import math
 import threading
 from dataclasses import dataclass
 from numbers import Real
-from typing import Optional
+from typing import Any, Optional
 
 from ..errors import BudgetExceededError, InvalidParameterError
 
@@ -32,17 +32,22 @@ class Budget:
     """
 
     def __init__(self, max_queries: Optional[int] = None, max_cost_usd: Optional[float] = None):
+        self.max_queries, self.max_cost_usd = self.check_caps(max_queries, max_cost_usd)
+        self._queries = 0
+        self._cost = 0.0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def check_caps(max_queries: Any, max_cost_usd: Any) -> tuple[Optional[int], Optional[float]]:
+        """(max_queries, max_cost_usd as float) when both are None or in range, else
+        InvalidParameterError naming the cap."""
         if max_queries is not None and (isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 0):
             raise InvalidParameterError(f"max_queries must be a non-negative integer or None, got {max_queries!r}")
         if max_cost_usd is not None and (
             isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, Real) or not (0 <= max_cost_usd < math.inf)
         ):
             raise InvalidParameterError(f"max_cost_usd must be a non-negative number or None, got {max_cost_usd!r}")
-        self.max_queries = max_queries
-        self.max_cost_usd = None if max_cost_usd is None else float(max_cost_usd)
-        self._queries = 0
-        self._cost = 0.0
-        self._lock = threading.Lock()
+        return max_queries, None if max_cost_usd is None else float(max_cost_usd)
 
     @property
     def spent(self) -> Spending:

@@ -71,7 +71,6 @@ def make_provider(provider, model, class_names, label_fn, batch_size, device, op
     name built with its options, or a callable wrapped in a CallableProvider. An option the
     provider does not take is refused by name (never silently dropped); so are settings out of
     range (InvalidParameterError)."""
-    # an option the provider does not take is refused (by name), never silently dropped
     if isinstance(provider, Provider):
         given = {"model": model, "class_names": class_names, "label_fn": label_fn, **options}
         _refuse_options(f"a Provider object ({type(provider).__name__})", sorted(k for k, v in given.items() if v is not None),

@@ -141,18 +141,19 @@ class Engine:
 
     def open_call(self, image: np.ndarray, kind: str, noise_sd: float, seed: Optional[int], params: dict,
                   hold=None) -> Call:
-        """Begin a call on a checked canonical image (see :meth:`Call.open`)."""
-        return Call.open(self, image, kind, noise_sd, seed, params, hold)
+        """Begin a call on a checked canonical image (see :meth:`Call.open`); ``hold`` (queries
+        set aside for it) is given back when the call cannot be opened."""
+        try:
+            return Call.open(self, image, kind, noise_sd, seed, params, hold)
+        except BaseException:
+            self.budget.release(hold)
+            raise
 
     def predict(self, image: np.ndarray, N: int, noise_sd: float, alpha: float, seed: Optional[int]) -> Prediction:
         """PREDICT on a checked canonical image with checked N, σ (0: clean queries) and α."""
         phase = "clean" if noise_sd == 0 else "predict"
         hold = self.budget.hold(N, self.provider.cost_per_query_usd, f"predict with N={N}")
-        try:
-            call = self.open_call(image, "predict", noise_sd, seed, {"N": N, "alpha": alpha}, hold)
-        except BaseException:
-            self.budget.release(hold)
-            raise
+        call = self.open_call(image, "predict", noise_sd, seed, {"N": N, "alpha": alpha}, hold)
         with call:
             call.query(phase, 0, N)
         return predict_from_log(call.logs(), N=N, alpha=alpha, queries=call.queries, offline=False)
@@ -160,11 +161,7 @@ class Engine:
     def certify(self, image: np.ndarray, settings: CertifySettings, seed: Optional[int], hold) -> Certificate:
         """CERTIFY on a checked canonical image, with ``hold`` from :meth:`hold_for` (given back
         when the call cannot be opened): fill the log, then certify from it."""
-        try:
-            call = self.open_call(image, "certify", settings.noise_sd, seed, settings.params(), hold)
-        except BaseException:
-            self.budget.release(hold)
-            raise
+        call = self.open_call(image, "certify", settings.noise_sd, seed, settings.params(), hold)
         with call:
             guess = self.select(call, settings)
             if guess is None:

@@ -12,6 +12,7 @@ import math
 from typing import Optional
 
 from ..errors import BudgetExceededError
+from ..query_logs.records import vote_of
 from ..sequential import SequentialRule
 from .calls import Call
 
@@ -58,7 +59,7 @@ class SequentialRun:
             # log and the offline replay ends at the last complete look
             logger.info("%s: the budget caps were reached during a look; stopping", self.call.header.run_id)
             return "ended"
-        self.successes += sum(r.error is None and r.label == self.guess for r in records)
+        self.successes += sum(vote_of(r) == self.guess for r in records)
         self.n = look
         self.position += 1
         self.p_lower, reason = self.rule.step(self.successes, self.n, self.p_lower)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -39,8 +39,8 @@ class EngineOptions:
     rate_limit: Optional[float]
     progress: Optional[bool]
     retry: RetryPolicy
-    max_queries: Any
-    max_cost_usd: Any
+    max_queries: Optional[int]
+    max_cost_usd: Optional[float]
     memory_limit: int
     max_pixels: Optional[int]
     downscale: bool
@@ -82,7 +82,7 @@ class EngineOptions:
                     f"RetryPolicy.{field} must be <= {MAX_BACKOFF_S:g} seconds (one wait between two attempts), "
                     f"got {getattr(retry, field)!r}"
                 )
-        Budget(max_queries, max_cost_usd)  # checks the caps (the engine builds its own)
+        max_queries, max_cost_usd = Budget.check_caps(max_queries, max_cost_usd)
         return cls(
             online=online, seed=None if seed is None else check_seed(seed), batch_size=batch_size,
             concurrency=concurrency, rate_limit=rate_limit, progress=progress, retry=retry, max_queries=max_queries,

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import LogIntegrityError, NotAQueryLogError, ProviderResponseError
 from ..noise import PHASES
+from ..statistics import count_labels
 
 __all__ = [
     "FORMAT_VERSION", "QueryRecord", "CallHeader", "CallLog", "PhaseVotes", "CallSummary", "count_votes",
@@ -296,8 +297,7 @@ def votes_in_order(records: Sequence[QueryRecord]) -> list[Optional[str]]:
 
 def count_votes(records: Sequence[QueryRecord]) -> tuple[dict[str, int], int]:
     """The votes of some records: (label → successful answers, most first; failed samples)."""
-    votes = Counter(vote for vote in map(vote_of, records) if vote is not None)
-    return dict(votes.most_common()), len(records) - sum(votes.values())
+    return count_labels(votes_in_order(records))
 
 
 def summarize_call(call: CallLog) -> CallSummary:
