@@ -14,7 +14,9 @@ default: all three):
   noise_sd=0) and one certify call at σ=0.25 (N0=20, N=100, alpha=0.001).
 * ``google-sequential`` → ``query_logs/google_emulator_dncnn_0.25_sequential_seed0.jsonl``:
   the same set-up, one ``method="sequential", radius=0.25, N=400`` certify call per image
-  (alpha=0.001; clean selection, the sequential default).
+  (alpha=0.001; clean selection, the sequential default). The same calls made with the first
+  sequential rule (a confidence sequence) stay as they were recorded in
+  ``query_logs/legacy/google_emulator_dncnn_0.25_sequential_confidence_sequence_seed0.jsonl``.
 
 The Google logs ask for ``--max-labels`` labels per image (default 3) so that the raw
 responses kept in the log stay small (each file well under 1 MB); the vote only uses the top

@@ -304,22 +304,28 @@ class RobustAPI:
                 earlier. Offline: the first N logged (default all).
             alpha: α in (0, 1) (online default 0.001; offline default: the logged α).
             seed: overrides the instance's seed for this call.
-            method: ``"cohen"`` (default online; offline: the logged method): Cohen et al.'s
+            method: online default: ``"sequential"`` with a target ``radius``, else
+                ``"cohen"``; offline: the logged method. ``"cohen"``: Cohen et al.'s
                 CERTIFY with a one-sided Clopper–Pearson bound on N fresh samples.
                 ``"top2"``: also bounds the runner-up and every other label from above
                 (α split 1/2, 1/4, 1/4), for votes spread over many labels.
                 ``"sequential"``: queries in growing batches and stops as soon as the
-                answer is settled, with an anytime-valid confidence sequence
-                (:mod:`robust_api.sequential`).
+                answer is settled (:mod:`robust_api.sequential`). With a target it
+                certifies on every vote sequence on which ``"cohen"`` with the same N
+                would, at an exactly computed error ≤ α, usually with a fraction of the
+                queries.
             selection: ``"noise"`` (N0 noisy, denoised samples; the default for cohen and
-                top2) or ``"clean"`` (one query on the image as it is, without the denoiser;
-                the default for sequential). Either is valid: the guess only has to be
-                independent of the estimation noise.
-            radius: sequential only: the target radius. The call stops once it is
-                certified, or once it is out of reach within N. A target that N cannot
-                reach even with unanimous votes is refused before any query.
-            tolerance: sequential without a target: stop when more queries within N cannot
-                raise the radius by more than this (default 0.1·σ).
+                top2, and for sequential when N0 is given) or ``"clean"`` (one query on the
+                image as it is, without the denoiser; the default for sequential). Either is
+                valid: the guess only has to be independent of the estimation noise.
+            radius: the target radius (≥ 0; 0 certifies the label alone); implies the
+                sequential method. The call certifies the target (or more), stopping as
+                soon as it is certified, or abstains once it is out of reach within N. A
+                target that N cannot reach even with unanimous votes is refused before
+                any query.
+            tolerance: sequential without a target: the grid step of the radii it tests
+                (default 0.1·σ); it stops when more queries within N are not expected to
+                certify the next one.
 
         Returns:
             A :class:`Certificate`; unpacks as ``label, radius, logs`` (online) or
@@ -373,8 +379,8 @@ class RobustAPI:
 
         Returns:
             One :class:`Certificate` per image, in order. Guarantee: each holds with
-            probability ≥ 1 − α on its own (the confidence sequence is valid whatever the
-            allocation); images stopped by the shared budget report stop_reason "ended".
+            probability ≥ 1 − α on its own (the sequential rule is valid whatever stops it);
+            images stopped by the shared budget report stop_reason "ended".
 
         Raises:
             InvalidParameterError: bad parameters, or a total budget too small for every

@@ -12,7 +12,8 @@ from .errors import InvalidInputError, InvalidParameterError, LogMismatchError
 from .certification import METHODS, certify_from_votes, predict_from_votes
 from .query_logs.records import CallLog, QueryRecord, count_votes, votes_in_order
 from .results import ABSTAIN, Certificate, Prediction
-from .sequential import DEFAULT_FUTILITY_ALPHA, DEFAULT_GROWTH, DEFAULT_PRIOR, SequentialRule
+from . import confidence_sequence, sequential
+from .sequential import DESIGN, SequentialRule
 from .statistics import top_label
 from .validation import check_alpha, check_noise_sd, check_sample_count
 
@@ -155,8 +156,10 @@ class CertifySettings:
     def online(cls, noise_sd, N0, N, alpha, method, selection, radius, tolerance) -> "CertifySettings":
         """Validate a certify request before any query; raises InvalidParameterError."""
         noise_sd = check_noise_sd(noise_sd, allow_zero=False)
-        method = _check_choice("cohen" if method is None else method, "method", METHODS)
-        default_selection = "clean" if method == "sequential" else "noise"
+        if method is None:  # a target radius asks for the sequential method, which never loses to Cohen's
+            method = "sequential" if radius is not None else "cohen"
+        method = _check_choice(method, "method", METHODS)
+        default_selection = "clean" if method == "sequential" and N0 is None else "noise"
         selection = _check_choice(default_selection if selection is None else selection, "selection", SELECTIONS)
         if selection == "clean":
             if N0 is not None:
@@ -181,9 +184,7 @@ class CertifySettings:
     def params(self) -> dict:
         params = {"method": self.method, "selection": self.selection, "N0": self.N0, "N": self.N, "alpha": self.alpha}
         if self.method == "sequential":
-            rule = self.rule()
-            params.update(radius=rule.radius, tolerance=rule.tolerance, growth=rule.growth,
-                          futility_alpha=rule.futility_alpha, prior=list(rule.prior))
+            params.update(self.rule().params())
         return params
 
 
@@ -283,18 +284,44 @@ def certify_from_log(
 
 
 def logged_rule(logs: CallLog, noise_sd: float, alpha: float, N: Optional[int] = None,
-                radius: Optional[float] = None, tolerance: Optional[float] = None) -> SequentialRule:
-    """The sequential rule of a logged certify call (its budget, target, tolerance, growth,
-    futility α and prior, as recorded), with ``N``, ``radius`` and ``tolerance`` overriding
-    the logged ones when given. A fixed-N log replayed sequentially gets the defaults."""
+                radius: Optional[float] = None, tolerance: Optional[float] = None):
+    """The sequential rule of a logged certify call, as recorded (budget, target, tolerance,
+    look spacing, prior), with ``N``, ``radius`` and ``tolerance`` overriding the logged ones
+    when given. A fixed-N log replayed sequentially gets the defaults of
+    :class:`~robust_api.sequential.SequentialRule`. A sequential log without a ``"design"``
+    entry was written by the earlier confidence-sequence rule and replays with it
+    (:class:`~robust_api.confidence_sequence.ConfidenceSequenceRule`), so its certificate is
+    the one it had.
+
+    Raises:
+        LogMismatchError: the log names a design this version does not know.
+        InvalidParameterError: a recorded or overriding parameter out of range.
+    """
     params = logs.header.params or {}
     estimated = len(logs.phase_records("estimation"))
     budget = check_sample_count(N, "N") if N is not None else int(params.get("N") or estimated or 1)
+    radius = radius if radius is not None else params.get("radius")
+    tolerance = tolerance if tolerance is not None else params.get("tolerance")
+    if params.get("method") != "sequential":
+        return SequentialRule(noise_sd, alpha, budget, radius=radius, tolerance=tolerance)
+    design = params.get("design")
+    if design is None:
+        legacy = confidence_sequence
+        return legacy.ConfidenceSequenceRule(
+            noise_sd, alpha, budget, radius=radius, tolerance=tolerance,
+            growth=params.get("growth", legacy.DEFAULT_GROWTH),
+            futility_alpha=params.get("futility_alpha", legacy.DEFAULT_FUTILITY_ALPHA),
+            prior=params.get("prior", legacy.DEFAULT_PRIOR),
+        )
+    if design != DESIGN:
+        raise LogMismatchError(
+            f"call {logs.header.run_id} was certified with the sequential design {design!r}, which this version "
+            f"of robust-api does not know (it knows {DESIGN!r}); upgrade robust-api to re-certify it"
+        )
     return SequentialRule(
-        noise_sd, alpha, budget,
-        radius=radius if radius is not None else params.get("radius"),
-        tolerance=tolerance if tolerance is not None else params.get("tolerance"),
-        growth=params.get("growth", DEFAULT_GROWTH),
-        futility_alpha=params.get("futility_alpha", DEFAULT_FUTILITY_ALPHA),
-        prior=tuple(params.get("prior", DEFAULT_PRIOR)),
+        noise_sd, alpha, budget, radius=radius, tolerance=tolerance,
+        growth=params.get("growth", sequential.DEFAULT_GROWTH),
+        futility_growth=params.get("futility_growth", sequential.DEFAULT_FUTILITY_GROWTH),
+        prior=params.get("prior", sequential.DEFAULT_PRIOR),
+        futility_alpha=params.get("futility_alpha", sequential.DEFAULT_FUTILITY_ALPHA),
     )

@@ -16,7 +16,6 @@ from typing import Optional
 from .errors import InvalidParameterError
 from .offline import DEFAULT_N0, METHODS, SELECTIONS
 from .pricing import price_per_query, price_table
-from .sequential import SequentialRule
 from .statistics import certify_from_counts, certify_top2_from_counts
 from .validation import check_alpha, check_noise_sd, check_radius, check_sample_count
 
@@ -70,14 +69,13 @@ class BudgetPlan:
         raise KeyError(name)
 
 
-def _radius_fn(method: str, noise_sd: float, alpha: float, budget: int):
-    """(successes, n) → certified radius for a method, with ĉ's votes = successes."""
-    if method == "cohen":
-        return lambda k, n: certify_from_counts("A", {"A": k}, n, noise_sd, alpha).radius
+def _radius_fn(method: str, noise_sd: float, alpha: float):
+    """(successes, n) → the radius a fixed-N test certifies with ĉ's votes = successes. The
+    sequential method's cap plans like Cohen's: with cap N it certifies whenever Cohen's test
+    with N samples would (usually stopping earlier)."""
     if method == "top2":
         return lambda k, n: certify_top2_from_counts("A", None, {"A": k}, n, noise_sd, alpha).radius
-    rule = SequentialRule(noise_sd, alpha, max(budget, 1))
-    return lambda k, n: rule.radius_at(k, n)
+    return lambda k, n: certify_from_counts("A", {"A": k}, n, noise_sd, alpha).radius
 
 
 def _fewest_queries(radius_at, radius: float, vote_rate: float) -> Optional[int]:
@@ -142,8 +140,10 @@ def plan(
         A :class:`BudgetPlan`. The numbers are exact for the methods as implemented: with
         ⌊vote_rate·n⌋ votes for the class, no n below ``estimation_queries`` certifies
         ``radius`` (at vote rates below 1 a few larger n may fall short by rounding), and no
-        method can exceed ``ceiling`` with N. A sequential run only stops at its looks
-        (10% apart), so it may use up to 10% more than its ``estimation_queries``.
+        method can exceed ``ceiling`` with N. For the sequential method these are the
+        numbers of Cohen's test at the cap: with cap N it certifies on every vote sequence on
+        which Cohen's test with N samples does, so ``estimation_queries`` is the smallest cap
+        that can certify ``radius``; with a larger cap and clear votes it stops well before it.
     """
     noise_sd = check_noise_sd(noise_sd, allow_zero=False)
     alpha = check_alpha(alpha)
@@ -165,7 +165,7 @@ def plan(
     for name in (method,) if method else METHODS:
         chosen = selection or ("clean" if name == "sequential" else "noise")
         selection_queries = 1 if chosen == "clean" else N0
-        radius_at = _radius_fn(name, noise_sd, alpha, N or _SEARCH_LIMIT)
+        radius_at = _radius_fn(name, noise_sd, alpha)
         estimation = None if radius is None else _fewest_queries(radius_at, radius, float(vote_rate))
         total = None if estimation is None else selection_queries + estimation
         ceiling = None if N is None else radius_at(N, N)

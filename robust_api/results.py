@@ -111,7 +111,8 @@ class Certificate(_Unpackable):
         label: the certified label ĉ (str) or :data:`ABSTAIN`.
         radius: certified L2 radius σ·Φ⁻¹(p_lower), 0.0 on abstention.
         p_lower: p̲_A, a (1 − α) lower bound on P[f(x+δ) = ĉ]: one-sided Clopper–Pearson at α
-            (cohen), at α/2 (top2), or the anytime-valid confidence-sequence bound (sequential).
+            (cohen), at α/2 (top2); sequential: Φ(r/σ) for a radius r certified at an early look,
+            or Cohen's bound after the last look.
         counts: label → votes of the n estimation samples.
         selection_counts: label → votes of the n₀ selection samples that chose ĉ.
         guess: ĉ as chosen by the selection step (even when the certificate abstains), or None.

@@ -231,7 +231,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print(
         f"\n{what} at noise_sd={result.noise_sd:g}, alpha={result.alpha:g}, vote rate {result.vote_rate:g} "
         "(1 = every vote for the class: the least any image can need). Costs use list prices "
-        "(robust_api.pricing); a sequential run stops early, so its count is what an image at this vote rate needs."
+        "(robust_api.pricing). The sequential row is the smallest cap N: with it the sequential rule certifies "
+        "whenever Cohen's test would, and it stops earlier when the votes are clear."
     )
     return 0
 
@@ -425,15 +426,23 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
         "--N", type=_positive_int, default=DEFAULT_N,
         help=f"estimation samples; with --method sequential the most it may spend (default {DEFAULT_N})",
     )
-    certify.add_argument("--method", choices=METHODS, default="cohen", help="certification method (default cohen)")
+    certify.add_argument(
+        "--method", choices=METHODS, default=None,
+        help="certification method (default: sequential with --radius, which never loses a certificate to cohen "
+        "at the same --N, else cohen)",
+    )
     certify.add_argument(
         "--selection", choices=SELECTIONS, default=None,
         help="how the class is chosen: noise (N0 noisy queries) or clean (one clean query); default noise for "
-        "cohen/top2, clean for sequential",
+        "cohen/top2, clean for sequential unless --N0 is given",
     )
-    certify.add_argument("--radius", type=float, default=None, help="sequential: target radius (stop once certified)")
     certify.add_argument(
-        "--tolerance", type=float, default=None, help="sequential without --radius: stop when the radius cannot grow by more"
+        "--radius", type=float, default=None,
+        help="target radius: certify it (stopping as soon as it is) or abstain; implies --method sequential",
+    )
+    certify.add_argument(
+        "--tolerance", type=float, default=None,
+        help="sequential without --radius: the radius grid step (default 0.1 x noise-sd)",
     )
     certify.add_argument(
         "--no-clean", action="store_true", help="skip the one clean query per image that the 'clean label' column costs"

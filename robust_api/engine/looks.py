@@ -8,7 +8,6 @@ computed from the log (:func:`robust_api.offline.certify_from_log`).
 from __future__ import annotations
 
 import logging
-import math
 from typing import Optional
 
 from ..errors import BudgetExceededError
@@ -26,7 +25,7 @@ class SequentialRun:
 
     Attributes:
         n: estimation samples queried so far. successes: votes for the guess among them.
-        p_lower: the running lower bound (0 before the first look).
+        state: the rule's :class:`~robust_api.sequential.LookState` after the looks so far.
     """
 
     def __init__(self, call: Call, guess: str, rule: SequentialRule):
@@ -37,7 +36,7 @@ class SequentialRun:
         self.position = 0
         self.n = 0
         self.successes = 0
-        self.p_lower = 0.0
+        self.state = rule.start()
 
     def next_look(self) -> int:
         return self.looks[self.position]
@@ -62,7 +61,7 @@ class SequentialRun:
         self.successes += sum(vote_of(r) == self.guess for r in records)
         self.n = look
         self.position += 1
-        self.p_lower, reason = self.rule.step(self.successes, self.n, self.p_lower)
+        self.state, reason = self.rule.step(self.state, self.successes, self.n)
         return reason
 
     def run_to_end(self) -> str:
@@ -73,11 +72,9 @@ class SequentialRun:
                 return reason
 
     def gain_per_query(self) -> float:
-        """Expected radius gain per query of the next look at the current vote rate (capped at
-        the target): the allocation heuristic of certify_batch (it never affects validity)."""
-        look = self.next_look()
+        """Certified radius gained per query if the votes go on at the rate seen so far (see
+        :meth:`SequentialRule.next_gain`): the allocation heuristic of certify_batch. It only
+        orders the images; it never enters a certificate."""
         rate = (self.successes + 0.5) / (self.n + 1.0)
-        projected = self.rule.radius_at(self.successes + round(rate * (look - self.n)), look)
-        current = self.rule.radius_at(self.successes, self.n) if self.n else 0.0
-        cap = self.rule.radius if self.rule.radius is not None else math.inf
-        return (min(projected, cap) - min(current, cap)) / (look - self.n)
+        samples, gain = self.rule.next_gain(self.state, rate)
+        return gain / samples if samples else 0.0

@@ -51,11 +51,10 @@ def _n_min(sigma, radius, alpha=ALPHA):
 
 def _radius(method, sigma, k, n, alpha=ALPHA):
     """The radius each method certifies with k of n votes for the class (the certificates' own functions)."""
-    if method == "cohen":
-        return certify_from_counts("A", {"A": k}, n, sigma, alpha).radius
     if method == "top2":
         return certify_top2_from_counts("A", None, {"A": k}, n, sigma, alpha).radius
-    return SequentialRule(sigma, alpha, max(n, 1)).radius_at(k, n)
+    # cohen, and sequential: with cap n it certifies whenever Cohen's test with n samples does
+    return certify_from_counts("A", {"A": k}, n, sigma, alpha).radius
 
 
 # -- queries needed -----------------------------------------------------------------------------
@@ -78,14 +77,20 @@ def test_other_methods_need_at_least_as_many_queries(sigma, radius):
     cohen, top2, seq = (result.method(m) for m in ("cohen", "top2", "sequential"))
     # unanimous top-2 is Cohen at α·split[0]
     assert top2.estimation_queries == _n_min(sigma, radius, ALPHA * TOP2_ALPHA_SPLIT[0]) > cohen.estimation_queries
-    # the confidence sequence pays a little for being anytime-valid, and the plan is exactly what the rule needs
-    assert seq.estimation_queries >= cohen.estimation_queries
+    # the sequential rule's cap plans like Cohen's test: with cap N it certifies whenever Cohen's with N does
+    assert seq.estimation_queries == cohen.estimation_queries
     assert seq.estimation_queries == SequentialRule(sigma, ALPHA, 10**7, radius=radius).min_samples()
     assert seq.selection == "clean" and seq.selection_queries == 1
     assert seq.total_queries == 1 + seq.estimation_queries
     for item in (top2, seq):
         n = item.estimation_queries
         assert _radius(item.method, sigma, n, n) >= radius > _radius(item.method, sigma, n - 1, n - 1)
+    # a sequential rule with exactly that cap certifies unanimous votes, one less cannot
+    n = seq.estimation_queries
+    assert SequentialRule(sigma, ALPHA, n, radius=radius).replay([True] * n).radius >= radius
+    SequentialRule(sigma, ALPHA, n, radius=radius).check_feasible()
+    with pytest.raises(InvalidParameterError, match=f"at least N={n}"):
+        SequentialRule(sigma, ALPHA, n - 1, radius=radius).check_feasible()
 
 
 @pytest.mark.parametrize("sigma", sorted(CEILING))
@@ -97,8 +102,8 @@ def test_ceilings_match_the_table_and_the_statistics(sigma):
         assert cohen.ceiling == max_certifiable_radius(N, sigma, ALPHA)
         assert cohen.ceiling == pytest.approx(expected, abs=0.006 if expected >= 1 else 6e-4)
         assert top2.ceiling == pytest.approx(max_certifiable_radius(N, sigma, ALPHA * TOP2_ALPHA_SPLIT[0]), rel=1e-9)
-        assert seq.ceiling == SequentialRule(sigma, ALPHA, N).ceiling
-        assert seq.ceiling <= cohen.ceiling and top2.ceiling < cohen.ceiling
+        assert seq.ceiling == cohen.ceiling == SequentialRule(sigma, ALPHA, N, radius=0.0).ceiling
+        assert SequentialRule(sigma, ALPHA, N).ceiling <= cohen.ceiling and top2.ceiling < cohen.ceiling
         assert all(item.estimation_queries is None and item.total_queries is None for item in result.methods)
 
 
@@ -190,7 +195,7 @@ def test_price_overrides():
     assert cohen.cost_per_image_usd["google"] == pytest.approx(60 * 0.002)
     assert cohen.cost_per_image_usd["mycloud"] == pytest.approx(60 * 0.01)
     only = plan(0.25, 0.25, provider="mycloud", prices={"mycloud": 0.01})
-    assert only.method("sequential").cost_per_image_usd == {"mycloud": pytest.approx((1 + 42) * 0.01)}
+    assert only.method("sequential").cost_per_image_usd == {"mycloud": pytest.approx((1 + 40) * 0.01)}
     # an override to 0 drops the provider from the default columns
     assert "aws" not in plan(0.25, 0.25, prices={"aws": 0}).method("cohen").cost_per_image_usd
     assert price_per_query("google", {"google": 0.5}) == 0.5
@@ -335,9 +340,10 @@ def test_cli_certify_table_shows_the_stop_reason(workdir, capsys):
 @pytest.mark.parametrize(
     "extra,phrase",
     [
-        (["--method", "sequential", "--radius", "0.5", "--N", "200"], "N=311"),
+        (["--method", "sequential", "--radius", "0.5", "--N", "200"], "N=301"),
+        (["--radius", "0.5", "--N", "200"], "N=301"),
         (["--method", "cohen", "--radius", "0.1"], "sequential"),
-        (["--method", "sequential", "--N0", "5"], "N0"),
+        (["--method", "sequential", "--selection", "clean", "--N0", "5"], "N0"),
     ],
 )
 def test_cli_certify_refuses_bad_requests_before_any_query(extra, phrase, workdir, capsys):
