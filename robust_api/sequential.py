@@ -198,22 +198,30 @@ def _convolve(mass: np.ndarray, kernel: np.ndarray, keep: int) -> np.ndarray:
 
 
 def _binomial_window(trials: int, q: float, limit: int) -> tuple[int, np.ndarray, float]:
-    """(first count, pmf, mass below it) of Binomial(trials, q) on the counts from a few dozen
-    standard deviations below the mean up to ``limit`` (counts past ``limit`` never reject)."""
+    """(first count, pmf, mass left out) of Binomial(trials, q) on the counts within a few
+    dozen standard deviations of the mean, up to ``limit`` (counts past ``limit`` never
+    reject). The mass left out is what lies outside that window but not past ``limit``; the
+    caller counts it as rejected, so the window can only make the error larger."""
     from scipy.stats import binom
 
-    mean = trials * q
-    first = max(0, int(mean - 40.0 * math.sqrt(trials * q * (1.0 - q)) - 40.0))
-    last = min(limit, trials)
-    below = float(binom.cdf(first - 1, trials, q)) if first > 0 else 0.0
+    mean, spread = trials * q, 40.0 * math.sqrt(trials * q * (1.0 - q)) + 40.0
+    first = max(0, int(mean - spread))
+    last = min(limit, trials, int(math.ceil(mean + spread)))
+    beyond_limit = float(binom.sf(limit, trials, q)) if limit < trials else 0.0
     if last < first:
-        return first, np.zeros(0), below
-    return first, binom.pmf(np.arange(first, last + 1), trials, q), below
+        return first, np.zeros(0), max(1.0 - beyond_limit, 0.0)
+    kernel = binom.pmf(np.arange(first, last + 1), trials, q)
+    kernel.setflags(write=False)
+    left_out = float(binom.cdf(first - 1, trials, q)) if first > 0 else 0.0
+    if last < min(limit, trials):
+        left_out += max(float(binom.sf(last, trials, q)) - beyond_limit, 0.0)
+    return first, kernel, left_out
 
 
 @lru_cache(maxsize=16)
 def _kernels(looks: tuple[int, ...], p: float, keep: int) -> tuple[tuple[int, np.ndarray, float], ...]:
-    """Per look, the windowed pmf of the failures among the samples since the previous look."""
+    """Per look, the windowed pmf of the failures among the samples since the previous look
+    (see :func:`_binomial_window`; read-only arrays, shared by every call)."""
     steps = np.diff((0,) + looks)
     return tuple(_binomial_window(int(step), 1.0 - p, keep - 1) for step in steps)
 
@@ -248,12 +256,12 @@ def rejection_dp(looks: Sequence[int], allowed: Sequence[int], p: float) -> tupl
         return reject, stop
     kernels = _kernels(tuple(looks), float(p), keep)
     offset, mass = 0, np.ones(1)  # mass[i] = P[failures = offset + i, still running]
-    for j, (first, kernel, below) in enumerate(kernels):
+    for j, (first, kernel, left_out) in enumerate(kernels):
         arriving = float(mass.sum())
         mass = _convolve(mass, kernel, keep - offset - first) if len(kernel) else np.zeros(0)
         offset += first
-        # the kernel's negligible low tail (fewer failures, nearer to rejecting) counts as rejected
-        reject[j] = arriving * below
+        # the kernel's negligible tails outside its window count as rejected (errs upwards only)
+        reject[j] = arriving * left_out
         # what went past ``keep`` failures never rejects: a futility stop here
         stop[j] = max(arriving - reject[j] - float(mass.sum()), 0.0)
         if allowed[j] >= offset:
