@@ -51,7 +51,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import InvalidParameterError
-from .statistics import check_vote_count, clopper_pearson_lower, clopper_pearson_upper, radius_from_p_lower
+from .statistics import (
+    certify_from_counts,
+    check_vote_count,
+    clopper_pearson_upper,
+    max_certifiable_radius,
+)
 from .validation import check_alpha, check_noise_sd, check_sample_count
 
 __all__ = [
@@ -126,10 +131,10 @@ def _target_p(radius: float, noise_sd: float) -> float:
 
 
 def _cohen_certifies(successes: int, budget: int, noise_sd: float, alpha: float, radius: float) -> bool:
-    """Whether Cohen's test with ``successes`` of ``budget`` certifies ``radius`` (float-exact,
-    the comparison :func:`robust_api.statistics.certify_from_counts` makes)."""
-    p_lower = clopper_pearson_lower(successes, budget, alpha)
-    return p_lower > 0.5 and radius_from_p_lower(p_lower, noise_sd) >= radius
+    """Whether Cohen's test (:func:`robust_api.statistics.certify_from_counts`) with
+    ``successes`` of ``budget`` votes certifies ``radius``."""
+    outcome = certify_from_counts(True, {True: successes}, budget, noise_sd, alpha)
+    return outcome.label is not None and outcome.radius >= radius
 
 
 def final_threshold(budget: int, noise_sd: float, alpha: float, radius: float) -> Optional[int]:
@@ -218,6 +223,16 @@ def _binomial_window(trials: int, q: float, limit: int) -> tuple[int, np.ndarray
     return first, kernel, left_out
 
 
+@lru_cache(maxsize=1024)
+def _later_max(allowed: tuple[int, ...]) -> tuple[int, ...]:
+    """Per look j, the most failures any look after j allows (−1 after the last)."""
+    out, most = [], -1
+    for a in reversed(allowed):
+        out.append(most)
+        most = max(most, a)
+    return tuple(reversed(out))
+
+
 @lru_cache(maxsize=16)
 def _kernels(looks: tuple[int, ...], p: float, keep: int) -> tuple[tuple[int, np.ndarray, float], ...]:
     """Per look, the windowed pmf of the failures among the samples since the previous look
@@ -247,7 +262,7 @@ def rejection_dp(looks: Sequence[int], allowed: Sequence[int], p: float) -> tupl
         size).
     """
     K = len(looks)
-    later_max = [max(allowed[j + 1:], default=-1) for j in range(K)]
+    later_max = _later_max(tuple(allowed))
     keep = max(allowed) + 1
     reject = np.zeros(K)
     stop = np.zeros(K)
@@ -303,7 +318,7 @@ class SequentialTest:
 
     def later_max(self, position: int) -> int:
         """The most failures any look after ``position`` (an index into looks) allows."""
-        return max(self.allowed[position + 1:], default=-1)
+        return _later_max(self.allowed)[position]
 
     def operating_characteristics(self, p: float) -> tuple[float, float]:
         """(P[certify], E[estimation samples used]) exactly, when each vote is for ĉ with
@@ -562,6 +577,7 @@ class SequentialRule(RuleParameters):
             if isinstance(value, bool) or not (isinstance(value, Real) and 1.01 <= value <= 10):
                 raise InvalidParameterError(f"{name} must be a number in [1.01, 10], got {value!r}")
             object.__setattr__(self, name, float(value))
+
     # -- the tests -------------------------------------------------------------------------
     @property
     def grid(self) -> tuple[float, ...]:
@@ -593,9 +609,7 @@ class SequentialRule(RuleParameters):
                 return 0, 0.0
             following, gain = tests[0], tests[0].radius if tests[0].radius > 0 else self.tolerance
         else:
-            level = -1
-            while level + 1 in state.rejected:
-                level += 1
+            level = _chain_level(state.rejected)
             if level + 1 >= len(tests):
                 return 0, 0.0
             following = tests[level + 1]
@@ -609,17 +623,11 @@ class SequentialRule(RuleParameters):
         return (int(ahead[hits[0]]), float(gain)) if len(hits) else (0, 0.0)
 
     @property
-    def cohen_ceiling(self) -> float:
-        """The largest radius Cohen's test with N samples can certify (all votes for ĉ)."""
-        p_lower = clopper_pearson_lower(self.budget, self.budget, self.alpha)
-        return radius_from_p_lower(p_lower, self.noise_sd) if p_lower > 0.5 else 0.0
-
-    @property
     def ceiling(self) -> float:
         """The largest radius this rule can certify: Cohen's ceiling with a target, the top
         of the grid without."""
         if self.radius is not None:
-            return self.cohen_ceiling
+            return max_certifiable_radius(self.budget, self.noise_sd, self.alpha)
         grid = self.grid
         return grid[-1] if grid else 0.0
 
@@ -636,7 +644,7 @@ class SequentialRule(RuleParameters):
         p0 = self.target_p
         if not p0 < 1.0:
             return None
-        n = max(1, math.ceil(math.log(self.alpha) / math.log(p0)) - 1) if p0 > 0 else 1
+        n = max(1, math.ceil(math.log(self.alpha) / math.log(p0)) - 1)  # p₀ ≥ ½
         limit = 10**8
         while n <= limit and final_threshold(n, self.noise_sd, self.alpha, self.radius) is None:
             n += 1
@@ -688,9 +696,9 @@ class SequentialRule(RuleParameters):
     def _step_targeted(self, state: LookState, test: Optional[SequentialTest], position: int,
                        last: bool) -> tuple[LookState, Optional[str]]:
         if 0 in state.rejected:
-            if last:  # Cohen's own bound at N (its radius ≥ r: S_N ≥ c)
-                p_lower = clopper_pearson_lower(state.successes, state.n, self.alpha)
-                return _with(state, p_lower, radius_from_p_lower(p_lower, self.noise_sd)), "certified"
+            if last:  # Cohen's own certificate at N (its radius ≥ r: S_N ≥ c)
+                cohen = certify_from_counts(True, {True: state.successes}, state.n, self.noise_sd, self.alpha)
+                return _with(state, cohen.p_lower, cohen.radius), "certified"
             return _with(state, test.p0, test.radius), "certified"  # p_A > p₀: radius r exactly
         if last:
             return state, "budget"
@@ -700,9 +708,7 @@ class SequentialRule(RuleParameters):
 
     def _step_untargeted(self, state: LookState, tests: tuple[SequentialTest, ...], position: int,
                          last: bool) -> tuple[LookState, Optional[str]]:
-        level = -1
-        while level + 1 in state.rejected:
-            level += 1
+        level = _chain_level(state.rejected)
         if level >= 0:
             state = _with(state, tests[level].p0, tests[level].radius)
         if last:
@@ -761,6 +767,14 @@ def run_looks(looks: Sequence[int], votes: Sequence[bool], look: Callable[[int, 
     return "budget"  # pragma: no cover - the last look is the budget, which always stops
 
 
+def _chain_level(rejected: frozenset) -> int:
+    """The largest g such that the tests 0 … g have all rejected (−1: not even test 0)."""
+    level = -1
+    while level + 1 in rejected:
+        level += 1
+    return level
+
+
 def _with(state: LookState, p_lower: float, radius: float) -> LookState:
     """``state`` with a certificate: p_A ≥ ``p_lower``, radius ``radius``."""
     return LookState(state.n, state.successes, state.looks, state.rejected, True, p_lower, radius)
@@ -768,8 +782,7 @@ def _with(state: LookState, p_lower: float, radius: float) -> LookState:
 
 @lru_cache(maxsize=256)
 def _grid(noise_sd: float, alpha: float, budget: int, tolerance: float) -> tuple[float, ...]:
-    p_lower = clopper_pearson_lower(budget, budget, alpha)
-    top = radius_from_p_lower(p_lower, noise_sd) if p_lower > 0.5 else 0.0
+    top = max_certifiable_radius(budget, noise_sd, alpha)
     steps = int(math.floor(top / tolerance + 1e-9))
     if steps + 1 > MAX_GRID_RADII:
         raise InvalidParameterError(
@@ -777,7 +790,7 @@ def _grid(noise_sd: float, alpha: float, budget: int, tolerance: float) -> tuple
             f"use tolerance >= {top / (MAX_GRID_RADII - 1):.4g} or give a target radius"
         )
     radii = (round(g * tolerance, 12) for g in range(steps + 1))
-    return tuple(r for r in radii if final_threshold(budget, noise_sd, alpha, r))
+    return tuple(r for r in radii if final_threshold(budget, noise_sd, alpha, r) is not None)
 
 
 @lru_cache(maxsize=1 << 16)
