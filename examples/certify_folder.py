@@ -23,7 +23,7 @@ Run from the repository root:
 
 True labels are read from ``LABELS.csv`` in the folder when there is one (columns ``file`` and
 ``label`` or ``class_name``; ``examples/images`` has one). The log goes to ``--log`` (default
-``./query_logs/queries.sqlite3``). An emulator's answers are logged under its endpoint
+the user's data directory, see ``robust_api.query_logs.default_log_path()``). An emulator's answers are logged under its endpoint
 (``google:label_detection@127.0.0.1:PORT``) and never reused as the real service's; pass
 ``--emulator-port`` to keep the same port, so that a second run with the same ``--seed`` and
 ``--log`` reuses every logged answer and sends no query.
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--N", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--log", default=None, help="query log file or folder (default ./query_logs/); 'memory' keeps none")
+    parser.add_argument("--log", default=None, help="query log file or folder (default: in the user's data directory); 'memory' keeps none")
     parser.add_argument("--max-cost", type=float, default=None, help="stop before spending more than this many USD")
     parser.add_argument("--max-queries", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=None, help="requests in flight (default: the provider's)")

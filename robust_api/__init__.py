@@ -40,6 +40,7 @@ _HOMES = {
     "Provider": "providers", "QueryFailure": "providers", "CallableProvider": "providers",
     "known_providers": "providers", "register_provider": "providers",
     "RetryPolicy": "dispatch", "Spending": "dispatch",
+    "to_pandas": "frames", "write_results": "frames", "read_results": "frames",
 }
 
 
@@ -74,6 +75,9 @@ __all__ = [
     "open_log",
     "export_jsonl",
     "export_parquet",
+    "to_pandas",
+    "write_results",
+    "read_results",
     "CallLog",
     "QueryLog",
     "QueryRecord",

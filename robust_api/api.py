@@ -15,13 +15,14 @@ from typing import Any, Optional, Union
 
 from .dispatch import Budget, RateLimiter, RetryPolicy, Spending
 from .errors import InvalidParameterError, OfflineModeError
-from .offline import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, CertifySettings, certify_from_log, predict_from_log
+from .offline import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, CertifySettings, as_call_log, certify_from_log, \
+    predict_from_log
 from .providers.base import Provider
 from .query_logs.records import CallLog
 from .query_logs.store import QueryLog
 from .results import Certificate, Prediction
-from .validation import MAX_CONCURRENCY, MAX_SAMPLES, MAX_TOTAL_QUERIES, check_alpha, check_count, check_noise_sd, \
-    check_sample_count
+from .validation import MAX_CONCURRENCY, MAX_SAMPLES, MAX_TEXT_CHARS, MAX_TOTAL_QUERIES, check_alpha, check_count, \
+    check_noise_sd, check_sample_count, check_text
 
 __all__ = ["RobustAPI", "DEFAULT_N0", "DEFAULT_N", "DEFAULT_ALPHA"]
 
@@ -37,6 +38,45 @@ def _image_list(images: Any) -> list:
             "images must be a non-empty list of images (for a NumPy stack of images pass list(stack))"
         )
     return list(images)
+
+
+def _default_name(image: Any) -> Optional[str]:
+    """The name a call records for an image given without ``name=``: a path's file name, or a
+    PIL image's ``filename``; None for anything else. Unprintable characters become "?"."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fsdecode(os.fspath(image))
+    else:
+        path = getattr(image, "filename", None)  # PIL images opened from a file
+        if not isinstance(path, str):
+            return None
+    base = os.path.basename(path)[-MAX_TEXT_CHARS:]
+    base = "".join(char if char.isprintable() else "?" for char in base)
+    return base or None
+
+
+def _call_info(image: Any, name: Any, tag: Any) -> dict:
+    """What a call records about its image besides the pixels: ``image_name`` and ``tag`` (checked)."""
+    name = check_text(name, "name")
+    if name is None:
+        name = _default_name(image)
+    tag = check_text(tag, "tag")
+    return {key: value for key, value in (("image_name", name), ("tag", tag)) if value is not None}
+
+
+def _call_infos(images: list, names: Any, tag: Any) -> list[dict]:
+    if names is None:
+        return [_call_info(image, None, tag) for image in images]
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or len(names) != len(images):
+        raise InvalidParameterError(f"names must be a list of {len(images)} strings, one per image (or None)")
+    return [_call_info(image, name, tag) for image, name in zip(images, names)]
+
+
+def _no_naming_offline(name: Any, tag: Any) -> None:
+    if name is not None or tag is not None:
+        raise InvalidParameterError(
+            "name= and tag= are recorded when a call is made online; a logged call keeps the ones it was made with "
+            "(logs.header.image_name, logs.header.tag)"
+        )
 
 
 class RobustAPI:
@@ -58,8 +98,12 @@ class RobustAPI:
         online: True or False (a bool: ``"no"`` or 0 is refused, not read as a truth value).
             False is offline mode: only re-analysis of logs, nothing is ever sent and no
             provider is built (the provider name is then informational).
-        log: where the query log goes: None → ``./query_logs/queries.sqlite3``; a folder; an
-            SQLite file; a :class:`~robust_api.query_logs.QueryLog`; or False (memory only).
+        log: where the query log goes: None → ``query_logs/queries.sqlite3`` in the user's data
+            directory (``$ROBUST_API_HOME`` if set, else ``$XDG_DATA_HOME/robust-api`` or
+            ``~/.local/share/robust-api`` on Linux, ``~/Library/Application Support/robust-api``
+            on macOS, ``%LOCALAPPDATA%\\robust-api`` on Windows; see
+            :func:`robust_api.paths.data_dir`); a folder; an SQLite file; a
+            :class:`~robust_api.query_logs.QueryLog`; or False (memory only).
         seed: None draws a fresh seed per call (recorded in the log); an integer in
             [0, 2⁶³) makes the noisy copies of an image reproducible, and a repeated call
             with the same image, seed and log reuses the logged answers at no cost.
@@ -86,8 +130,12 @@ class RobustAPI:
             included; an integer ≥ 0) and its list price (a finite number ≥ 0). A fixed-N call that would cross one is refused
             before its first query; a sequential call stops early ("ended"); no cap is
             crossed, however many requests are in flight.
-        progress: a tqdm progress bar on stderr: True, False, or None (only for calls of
-            ≥ 500 queries on an interactive terminal).
+        progress: tqdm progress bars on stderr: True (always), False (never) or None (only on
+            an interactive terminal). :meth:`certify_many` draws one bar for the whole run
+            (images done out of the total, queries sent, their list price, time left), shown
+            as soon as the run starts; a single call draws a bar per phase when it sends
+            ≥ 500 queries. Retries and throttled answers are summarised in one INFO log line
+            per call (logger ``robust_api.engine.calls``) and per run.
         memory_limit_mb: host memory, in MB (default 1024, at least 16), for the noise path
             of the calls in progress: the float64 noise slab, the float32 noisy and denoised
             copies of a block, the copies held by requests in flight, and (on the CPU) a torch
@@ -236,6 +284,17 @@ class RobustAPI:
             "robust_api.open_log(path)) instead of an image, or create it with online=True"
         )
 
+    def _answers_call(self, answers: Any, noise_sd: Any, N0: Any, alpha: Any, kind: str) -> CallLog:
+        """The predecessor's list of answers (offline, with this object's API) as a call."""
+        from .query_logs.legacy import LEGACY_APIS, call_from_answers
+
+        if self.provider_name not in LEGACY_APIS:
+            as_call_log(answers)  # raises, saying what a log must be
+        return call_from_answers(
+            self.provider_name, answers, noise_sd=noise_sd, N0=DEFAULT_N0 if N0 is None else N0,
+            alpha=DEFAULT_ALPHA if alpha is None else alpha, kind=kind,
+        )
+
     # -- public API ----------------------------------------------------------------------
     def predict(
         self,
@@ -245,12 +304,15 @@ class RobustAPI:
         alpha: Optional[float] = None,
         *,
         seed: Optional[int] = None,
+        name: Optional[str] = None,
+        tag: Optional[str] = None,
     ) -> Prediction:
         """Predict with the smoothed classifier (Cohen et al.'s PREDICT), or re-predict from logs.
 
         Args:
-            image: an image (NumPy [H, W] / [H, W, C] uint8 or float in [0, 1], PIL image,
-                or path) — or a :class:`CallLog` to re-predict offline.
+            image: an image (NumPy array or torch tensor [H, W], [H, W, C] or [C, H, W],
+                uint8 or float in [0, 1]; PIL image; path; or the bytes of an image file: see
+                :func:`robust_api.images.as_image`) — or a :class:`CallLog` to re-predict offline.
             N: number of noisy samples (queries), ≥ 1 (online default 100). Offline: the first N
                 logged (default all).
             noise_sd: σ ≥ 0 in [0, 1] pixel units; 0 sends clean copies (``predict(img,
@@ -260,6 +322,10 @@ class RobustAPI:
             alpha: α in (0, 1) for the binomial test (online default 0.001; offline default:
                 the logged α).
             seed: overrides the instance's seed for this call.
+            name: the image's name, recorded with the call and shown by analyses and exports
+                (default: the file name of a path or of a PIL image read from a file; none for
+                arrays). 1 to 1,000 printable characters. Online only.
+            tag: free text recorded with the call (an experiment, a class), same rules.
 
         Returns:
             A :class:`Prediction`; unpacks as ``label, counts, logs`` (online) or
@@ -267,14 +333,18 @@ class RobustAPI:
             probability ≤ α, and ABSTAIN when the vote is not clear.
         """
         if self._is_log(image):
+            _no_naming_offline(name, tag)
+            if not isinstance(image, CallLog):  # the predecessor's list of answers
+                return predict_from_log(self._answers_call(image, noise_sd, None, alpha, "predict"), N=N, alpha=alpha)
             return predict_from_log(image, N=N, noise_sd=noise_sd, alpha=alpha)
         N = check_sample_count(DEFAULT_N if N is None else N, "N")
         noise_sd = check_noise_sd(noise_sd, allow_zero=True)
         alpha = check_alpha(DEFAULT_ALPHA if alpha is None else alpha)
         if noise_sd == 0 and N > 1:
             logger.warning("noise_sd=0 with N=%d sends %d identical clean queries", N, N)
+        info = _call_info(image, name, tag)
         canonical = self.engine.check_image(image, noise_sd)
-        return self.engine.predict(canonical, N, noise_sd, alpha, seed)
+        return self.engine.predict(canonical, N, noise_sd, alpha, seed, info)
 
     def certify(
         self,
@@ -289,6 +359,8 @@ class RobustAPI:
         selection: Optional[str] = None,
         radius: Optional[float] = None,
         tolerance: Optional[float] = None,
+        name: Optional[str] = None,
+        tag: Optional[str] = None,
     ) -> Certificate:
         """Certify the smoothed classifier's prediction, or re-certify a logged call.
 
@@ -326,6 +398,7 @@ class RobustAPI:
             tolerance: sequential without a target: the grid step of the radii it tests
                 (default 0.1·σ); it stops when more queries within N are not expected to
                 certify the next one.
+            name, tag: recorded with the call (see :meth:`predict`). Online only.
 
         Returns:
             A :class:`Certificate`; unpacks as ``label, radius, logs`` (online) or
@@ -339,13 +412,17 @@ class RobustAPI:
                 (before any query is sent).
         """
         if self._is_log(image):
+            _no_naming_offline(name, tag)
+            if not isinstance(image, CallLog):  # the predecessor's list of answers
+                image = self._answers_call(image, noise_sd, N0, alpha, "certify")
             return certify_from_log(
                 image, noise_sd=noise_sd, N0=N0, N=N, alpha=alpha, method=method, radius=radius, tolerance=tolerance
             )
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
+        info = _call_info(image, name, tag)
         canonical = self.engine.check_image(image, settings.noise_sd)
-        return self.engine.certify(canonical, settings, seed, self.engine.hold_for(settings))
+        return self.engine.certify(canonical, settings, seed, self.engine.hold_for(settings), info)
 
     def certify_batch(
         self,
@@ -360,6 +437,8 @@ class RobustAPI:
         N0: Optional[int] = None,
         radius: Optional[float] = None,
         tolerance: Optional[float] = None,
+        names: Optional[Sequence[str]] = None,
+        tag: Optional[str] = None,
     ) -> list[Certificate]:
         """Certify many images sequentially under one shared budget (input-specific sample sizes).
 
@@ -376,6 +455,8 @@ class RobustAPI:
                 share, ⌈2·total_queries / len(images)⌉, at most 10⁷).
             seed, selection, N0, radius, tolerance: as in :meth:`certify` with
                 ``method="sequential"``.
+            names: one name per image (default: file names of paths), tag: for every
+                image; recorded with each call (see :meth:`predict`).
 
         Returns:
             One :class:`Certificate` per image, in order. Guarantee: each holds with
@@ -394,8 +475,9 @@ class RobustAPI:
         cap = min(MAX_SAMPLES, max(1, math.ceil(2 * total_queries / len(images)))) if N is None else N
         settings = CertifySettings.online(noise_sd, N0, cap, alpha, "sequential", selection, radius, tolerance)
         check_batch_budget(settings, len(images), total_queries)
+        infos = _call_infos(images, names, tag)
         canonical = [engine.check_image(image, settings.noise_sd) for image in images]
-        return certify_batch(engine, canonical, settings, seed, total_queries)
+        return certify_batch(engine, canonical, settings, seed, total_queries, infos)
 
     def certify_many(
         self,
@@ -411,12 +493,16 @@ class RobustAPI:
         radius: Optional[float] = None,
         tolerance: Optional[float] = None,
         parallel: Optional[int] = None,
+        names: Optional[Sequence[str]] = None,
+        tag: Optional[str] = None,
     ) -> list[Certificate]:
         """Certify several images, several at a time, each exactly as :meth:`certify` would.
 
         The calls share this object's limits (``concurrency`` requests in flight, the rate
         limit, the caps), so a one-image-per-request API is kept busy up to its rate limit
-        instead of idling between one image's phases.
+        instead of idling between one image's phases. One progress bar shows the whole run
+        (images done, queries sent, their list price, time left; see ``progress``), and one
+        INFO log line sums up its retries and throttled answers.
 
         Args:
             images: a sequence of images (see :meth:`predict`); all are checked, and the
@@ -425,6 +511,8 @@ class RobustAPI:
                 :meth:`certify`, for every image.
             parallel: images in progress at once (default: ``concurrency``, capped at the
                 number of images; 1 certifies them one after the other).
+            names: one name per image (default: file names of paths), tag: for every
+                image; recorded with each call (see :meth:`predict`).
 
         Returns:
             One :class:`Certificate` per image, in order; each holds with probability ≥ 1 − α
@@ -442,5 +530,6 @@ class RobustAPI:
             parallel = check_count(parallel, "parallel", MAX_CONCURRENCY, why=" (one thread per image in progress)")
         alpha = DEFAULT_ALPHA if alpha is None else alpha
         settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
+        infos = _call_infos(images, names, tag)
         canonical = [engine.check_image(image, settings.noise_sd) for image in images]
-        return certify_many(engine, canonical, settings, seed, parallel)
+        return certify_many(engine, canonical, settings, seed, parallel, infos)

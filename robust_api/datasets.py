@@ -1,8 +1,10 @@
 """Dataset readers for robust_api.
 
 Provides a dependency-free reader for the IDX file format (as used by MNIST
-and Fashion-MNIST) and a loader for the Fashion-MNIST dataset as shipped by
-the Debian package ``dataset-fashion-mnist``.
+and Fashion-MNIST), a loader for the Fashion-MNIST dataset as shipped by
+the Debian package ``dataset-fashion-mnist``, and the example images that
+ship inside the package (:func:`example_images`, :func:`example_labels`),
+which the tutorial uses: they need no checkout, download or Debian package.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
     "read_idx",
     "load_fashion_mnist",
+    "example_images",
+    "example_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -216,3 +220,50 @@ def load_fashion_mnist(
         )
     logger.debug("load_fashion_mnist(%s): %d examples from %s", split, len(labels), root)
     return images, labels
+
+
+#: Folder of the example images inside the package.
+_EXAMPLES = ("assets", "examples")
+
+
+def _examples_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("robust_api").joinpath(*_EXAMPLES)))
+
+
+def example_images() -> list:
+    """The example images that ship with the package: 30 Fashion-MNIST test images (3 per
+    class), 28×28 grayscale PNG files named ``fmnist_test_<index>_<class>.png``.
+
+    They are the same files as ``examples/images/`` in the source repository (where the
+    README's main job reads them), installed with the package, so that code run from an
+    installed copy (the tutorial notebook, a quick check) finds them without a checkout or a
+    download: ``RobustAPI("local").certify(example_images()[2], noise_sd=0.25)``.
+
+    Returns:
+        A list of ``pathlib.Path``, sorted by test-set index (file name).
+
+    Raises:
+        FileNotFoundError: the package was installed without its data files.
+    """
+    folder = _examples_dir()
+    paths = sorted(folder.glob("fmnist_test_*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no example images in {folder}: reinstall robust-api with its package data")
+    return paths
+
+
+def example_labels() -> Path:
+    """The true labels of :func:`example_images`: a CSV file with the columns ``file``
+    (the image's file name), ``test_index``, ``label`` (0–9) and ``class_name`` (spelled as
+    the bundled classifier answers), for ``robust_api.analyze(log, labels=example_labels())``
+    and ``robust-api analyze --labels``.
+
+    Raises:
+        FileNotFoundError: the package was installed without its data files.
+    """
+    path = _examples_dir() / "LABELS.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall robust-api with its package data")
+    return path

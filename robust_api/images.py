@@ -1,18 +1,22 @@
 """Turning user input into one canonical image: float32 [H, W, C] in [0, 1], C ∈ {1, 3}.
 
+Accepted: NumPy arrays (HWC, CHW or 2-D, a batch axis of one), torch tensors (the same
+layouts; torch stays optional), PIL images, paths, and the bytes of an encoded image file.
 Everything here runs before any query is sent, so bad input costs nothing. Size is checked
 before pixels are decoded or converted: an image file's size comes from its header, an
-array's from its shape, so a decompression bomb or a huge array is refused (or, when asked,
-downscaled) without ever holding a float copy of it.
+array's or a tensor's from its shape, so a decompression bomb or a huge array is refused (or,
+when asked, downscaled) without ever holding a float copy of it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
 import stat
+import sys
 import warnings
 from typing import Any, Optional
 
@@ -56,19 +60,42 @@ def _too_large(height: int, width: int, max_pixels: int, source: str) -> ImageTo
     )
 
 
-def _open_pil(path: str):
-    """``PIL.Image.open`` with Pillow's decompression-bomb warning and error turned into
-    :class:`ImageTooLargeError` (only the header is read)."""
+def _open_pil(file: Any, source: Optional[str] = None):
+    """``PIL.Image.open`` (of a path or a binary file object) with Pillow's decompression-bomb
+    warning and error turned into :class:`ImageTooLargeError` (only the header is read);
+    ``source`` names the input in messages (default: the path's repr)."""
     from PIL import Image
 
+    source = repr(file) if source is None else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            return Image.open(file)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(
-            f"{path!r} is refused by Pillow's decompression-bomb guard ({exc}). If you trust the file, "
+            f"{source} is refused by Pillow's decompression-bomb guard ({exc}). If you trust the file, "
             "raise PIL.Image.MAX_IMAGE_PIXELS; to certify it, pass downscale=True or resize it first"
+        ) from None
+
+
+def _decode(pil: Any, source: str, max_pixels: Optional[int], downscale: bool) -> np.ndarray:
+    """The pixels of a freshly opened PIL image (see :func:`_from_pil`), closed afterwards;
+    decoding errors become :class:`InvalidImageError` / :class:`ImageTooLargeError`."""
+    from PIL import Image
+
+    try:
+        with pil:
+            return _from_pil(pil, source=source, max_pixels=max_pixels, downscale=downscale)
+    except InvalidImageError:
+        raise
+    except Image.DecompressionBombError as exc:  # some plugins check again while decoding
+        raise ImageTooLargeError(f"{source} is refused by Pillow's decompression-bomb guard ({exc})") from None
+    except MemoryError:
+        raise ImageTooLargeError(f"not enough memory to decode {source}; resize it first") from None
+    except Exception as exc:  # a corrupt or hostile file: Pillow's plugins raise many types
+        raise InvalidImageError(
+            f"cannot read {source} as an image ({type(exc).__name__}); it is truncated or corrupt, or not a "
+            "format Pillow reads: use a PNG, JPEG or another format Pillow reads"
         ) from None
 
 
@@ -91,21 +118,58 @@ def _from_path(path: os.PathLike | str, max_pixels: Optional[int], downscale: bo
         raise InvalidImageError(f"{path!r} is a directory, not an image file")
     if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
         raise InvalidImageError(f"{path!r} is not a regular file (a pipe, socket or device?); pass an image file")
-    from PIL import Image
-
     try:
-        with _open_pil(path) as pil:
-            return _from_pil(pil, source=repr(path), max_pixels=max_pixels, downscale=downscale)
-    except InvalidImageError:
+        pil = _open_pil(path)
+    except ImageTooLargeError:
         raise
-    except Image.DecompressionBombError as exc:  # some plugins check again while decoding
-        raise ImageTooLargeError(f"{path!r} is refused by Pillow's decompression-bomb guard ({exc})") from None
-    except MemoryError:
-        raise ImageTooLargeError(f"not enough memory to decode {path!r}; resize it first") from None
-    except Exception as exc:  # a corrupt or hostile file: Pillow's plugins raise many types
+    except Exception as exc:  # not an image, or unreadable: Pillow's plugins raise many types
         raise InvalidImageError(
             f"cannot read {path!r} as an image ({type(exc).__name__}); use a PNG, JPEG or another format Pillow reads"
         ) from None
+    return _decode(pil, repr(path), max_pixels, downscale)
+
+
+#: Encoded image bytes longer than this are not looked up as a file name in error hints.
+_PATH_HINT_MAX_BYTES = 4096
+
+
+def _from_bytes(data: Any, max_pixels: Optional[int], downscale: bool) -> np.ndarray:
+    """Decode the bytes of an image file (``bytes``, ``bytearray`` or a one-dimensional
+    byte ``memoryview``) with Pillow, its size checked from the header first."""
+    if isinstance(data, memoryview):
+        if data.ndim != 1 or data.format not in ("B", "b", "c"):
+            raise InvalidImageError(
+                f"a memoryview of {data.format!r} items and shape {tuple(data.shape)} holds pixels, not an encoded "
+                "image file: pass the array itself (np.asarray(view)), or the file's bytes"
+            )
+        data = data.tobytes()
+    if not data:
+        raise InvalidImageError(
+            "the image bytes are empty; pass the contents of an image file (PNG, JPEG, ...) or a path"
+        )
+    source = f"the {len(data):,} image bytes"
+    try:
+        pil = _open_pil(io.BytesIO(data), source)
+    except ImageTooLargeError:
+        raise
+    except Exception as exc:  # PIL.UnidentifiedImageError, or a plugin's own error
+        raise InvalidImageError(
+            f"cannot decode {source} as an image ({type(exc).__name__}): pass the contents of an image file "
+            f"Pillow reads (PNG, JPEG, ...){_bytes_hint(data)}"
+        ) from None
+    return _decode(pil, source, max_pixels, downscale)
+
+
+def _bytes_hint(data: bytes) -> str:
+    """What undecodable bytes might be instead, for the error message."""
+    if len(data) <= _PATH_HINT_MAX_BYTES and b"\x00" not in data:
+        try:
+            name = os.fsdecode(data)
+            if os.path.exists(name):
+                return f"; these bytes name a file: pass the path as a str or pathlib.Path, e.g. {name!r}"
+        except (UnicodeDecodeError, ValueError, OSError):
+            pass
+    return "; for raw pixels pass a NumPy array, e.g. np.frombuffer(data, np.uint8).reshape(height, width, channels)"
 
 
 def _from_pil(pil: Any, source: str = "PIL image", max_pixels: Optional[int] = None,
@@ -187,15 +251,110 @@ def _plain_array(image: np.ndarray) -> np.ndarray:
     return np.asarray(image).view(np.ndarray)
 
 
+def _is_torch_tensor(value: Any) -> bool:
+    """True for a ``torch.Tensor`` (or subclass); never imports torch: a tensor cannot exist
+    unless torch was imported already."""
+    torch = sys.modules.get("torch")
+    tensor_type = getattr(torch, "Tensor", None) if torch is not None else None
+    return isinstance(tensor_type, type) and isinstance(value, tensor_type)
+
+
+def _from_tensor(tensor: Any, max_pixels: Optional[int], downscale: bool) -> np.ndarray:
+    """A torch tensor's values as a NumPy array of the same shape: detached, on the CPU,
+    bfloat16 widened (exactly) to float32. Its shape is checked (layout and pixel limit)
+    before anything is copied from a GPU."""
+    torch = sys.modules["torch"]
+    if tensor.layout != torch.strided:
+        raise InvalidImageError(f"a {tensor.layout} tensor cannot be an image; pass tensor.to_dense()")
+    if tensor.is_quantized:
+        raise InvalidImageError("a quantized tensor cannot be an image; pass tensor.dequantize()")
+    shape = tuple(int(n) for n in tensor.shape)
+    drop_batch, channels_first = _layout(shape, "tensor", note=False)  # as_image notes ambiguity, once
+    if max_pixels is not None and not downscale:
+        core = shape[1:] if drop_batch else shape
+        height, width = (core[1], core[2]) if channels_first else (core[0], core[1])
+        if height * width > max_pixels:
+            raise _too_large(height, width, max_pixels, f"the {tensor.dtype} tensor")
+    try:
+        tensor = tensor.detach()
+        if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds it exactly
+            tensor = tensor.float()
+        return np.asarray(tensor.numpy(force=True))
+    except (RuntimeError, TypeError, ValueError) as exc:  # a meta tensor, an exotic dtype
+        raise InvalidImageError(
+            f"cannot read the {tensor.dtype} tensor on {tensor.device} ({type(exc).__name__}: {exc}); pass a CPU "
+            "tensor of uint8, or of floats in [0, 1]"
+        ) from None
+
+
+def _layout(shape: tuple, what: str = "array", note: bool = True) -> tuple[bool, bool]:
+    """(drop a leading batch axis of one, channels first) for an image ``what`` of ``shape``,
+    by the rule :func:`as_image` documents (an ambiguous shape is logged at INFO when
+    ``note``); InvalidImageError for a shape that is not one image."""
+    drop_batch = False
+    if len(shape) == 4:
+        if shape[0] != 1:
+            raise InvalidImageError(
+                f"got a 4-D {what} {shape}, a batch of {shape[0]} images: pass one image [H, W, C] at a time "
+                "(loop over the batch, or certify_many(list(batch))); a batch of one, [1, C, H, W] or "
+                "[1, H, W, C], is accepted"
+            )
+        drop_batch, shape = True, shape[1:]
+    if len(shape) == 2:
+        return drop_batch, False
+    if len(shape) != 3:
+        raise InvalidImageError(
+            f"an image must be [H, W] or [H, W, C] (or [C, H, W]; C = 1 or 3), got {'a' if what == 'tensor' else 'an'} "
+            f"{what} of shape {shape}"
+        )
+    first, last = shape[0], shape[2]
+    if last in _ALLOWED_CHANNELS:
+        if first in _ALLOWED_CHANNELS and note:
+            logger.info(
+                "%s of shape %s could be [H, W, C] or [C, H, W]; read as [H, W, C] (H=%d, W=%d, C=%d). For a "
+                "channels-first image of width %d, pass it as [H, W, C]: np.transpose(img, (1, 2, 0))",
+                what, shape, first, shape[1], last, last,
+            )
+        return drop_batch, False
+    if first in _ALLOWED_CHANNELS:
+        return drop_batch, True
+    if last == 4:
+        raise InvalidImageError("the image has 4 channels (RGBA?); drop the alpha channel: img[..., :3]")
+    if first == 4:
+        raise InvalidImageError(
+            f"the channels-first image {shape} has 4 channels (RGBA?); drop the alpha channel: img[:3]"
+        )
+    raise InvalidImageError(
+        f"the image must have 1 or 3 channels, last ([H, W, C]) or first ([C, H, W]); got {last} last and "
+        f"{first} first (shape {shape})"
+    )
+
+
 def as_image(image: Any, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, downscale: bool = False) -> np.ndarray:
     """Validate and convert one image to float32 [H, W, C] in [0, 1].
 
     Args:
-        image: a NumPy array [H, W] or [H, W, C] (C = 1 or 3) of uint8 (0–255), uint16
-            (0–65535) or float16/32/64 values in [0, 1], in either byte order, any strides
-            (subclasses such as ``np.matrix`` and ``np.memmap`` are read as plain arrays; a
-            masked array only without masked values); a ``PIL.Image.Image``; or a path (str
-            or ``os.PathLike``) to a regular image file Pillow can read.
+        image: one of
+            - a NumPy array of uint8 (0–255), uint16 (0–65535) or float16/32/64 values in
+              [0, 1], in either byte order, any strides (subclasses such as ``np.matrix``
+              and ``np.memmap`` are read as plain arrays; a masked array only without
+              masked values), laid out as below;
+            - a ``torch.Tensor`` with the same layouts and values (also bfloat16), on any
+              device, with or without gradients (it is detached and copied to the CPU;
+              torch itself is never imported here);
+            - a ``PIL.Image.Image``;
+            - a path (str or ``os.PathLike``) to a regular image file Pillow can read;
+            - the bytes of such a file (``bytes``, ``bytearray`` or a byte ``memoryview``:
+              the contents of a PNG or JPEG file, an HTTP response body).
+
+            Layout of arrays and tensors: [H, W] is grayscale. A 3-D array is [C, H, W]
+            (channels first, as torch and torchvision lay images out) when its first axis
+            is 1 or 3 and its last is not, else [H, W, C]; C must be 1 or 3. A shape that
+            fits both, such as (3, H, 3) or (1, H, 1), is read as [H, W, C] (logged at INFO):
+            an image 3 pixels wide needs to be passed as [H, W, C]. A leading batch axis of
+            one, [1, C, H, W] or [1, H, W, C], is dropped; a larger batch is refused. The
+            same picture as [H, W, C] or [C, H, W] gives the same canonical image, digest
+            and noise.
         max_pixels: the most pixels (H × W) accepted, checked from the file header or the
             array shape before any pixel is decoded or converted; None: no limit of ours
             (Pillow's decompression-bomb guard, ``PIL.Image.MAX_IMAGE_PIXELS``, still applies
@@ -215,7 +374,8 @@ def as_image(image: Any, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, downsca
             Pillow's decompression-bomb guard refuses.
         InvalidImageError: for any other type, ndim, channel count, empty image, NaN/inf,
             unsupported dtype (bool, signed or 32/64-bit integers, complex, object, structured),
-            float values outside [0, 1], masked values, or an unreadable or non-regular file.
+            float values outside [0, 1], masked values, an unreadable or non-regular file, or
+            bytes that are not an image file Pillow reads. The message says how to fix it.
     """
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer))
                                    or max_pixels < 1):
@@ -231,33 +391,32 @@ def as_image(image: Any, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, downsca
         except Exception as exc:  # a lazily opened, corrupt PIL image fails on decode
             raise InvalidImageError(f"cannot decode the PIL image ({type(exc).__name__}: {exc})") from None
         max_pixels = None
-    elif isinstance(image, np.ndarray):
-        array = _plain_array(image)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        array = _from_bytes(image, max_pixels, downscale)
+        max_pixels = None
+    elif isinstance(image, np.ndarray) or _is_torch_tensor(image):
+        what = "array"
+        if isinstance(image, np.ndarray):
+            array = _plain_array(image)
+        else:
+            what, array = "tensor", _from_tensor(image, max_pixels, downscale)
+        drop_batch, channels_first = _layout(array.shape, what)
+        if drop_batch:
+            array = array[0]
+        if channels_first:
+            array = np.transpose(array, (1, 2, 0))  # a view: the float copy below is C-contiguous HWC
     else:
-        hint = " (a torch tensor: pass tensor.permute(1, 2, 0).cpu().numpy())" if hasattr(image, "detach") else ""
+        hint = (" (an object with .detach() that is not a torch tensor: pass a NumPy array, e.g. np.asarray(x))"
+                if hasattr(image, "detach") else "")
         raise InvalidImageError(
-            f"expected a NumPy array, a PIL image or a path to an image file, got {type(image).__name__}{hint}"
+            f"expected a NumPy array, a PIL image or a path to an image file (or a torch tensor, or the bytes of an "
+            f"image file), got {type(image).__name__}{hint}"
         )
 
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim == 4:
-        raise InvalidImageError(
-            f"got a 4-D array {array.shape}: pass one image [H, W, C] at a time (loop over the batch)"
-        )
-    if array.ndim != 3:
-        raise InvalidImageError(f"an image must be [H, W] or [H, W, C], got an array of shape {array.shape}")
     if array.size == 0:
         raise InvalidImageError(f"the image is empty (shape {array.shape})")
-    channels = array.shape[2]
-    if channels not in _ALLOWED_CHANNELS:
-        if array.shape[0] in _ALLOWED_CHANNELS:
-            raise InvalidImageError(
-                f"shape {array.shape} looks channels-first; pass [H, W, C], e.g. np.transpose(img, (1, 2, 0))"
-            )
-        if channels == 4:
-            raise InvalidImageError("the image has 4 channels (RGBA?); drop the alpha channel: img[..., :3]")
-        raise InvalidImageError(f"the image must have 1 or 3 channels, got {channels} (shape {array.shape})")
 
     dtype = array.dtype
     if dtype.kind not in "uf" or dtype.fields is not None:

@@ -36,9 +36,10 @@ def as_call_log(logs: Any) -> CallLog:
     hint = ""
     if isinstance(logs, (list, tuple)):
         hint = (
-            " A plain list looks like the predecessor's pickled responses: they carry no phase or noise level; "
-            "import their pred_hist_<i>.pkl files with robust_api.import_legacy(folder, api, noise_sd=...) "
-            "(robust-api import-legacy), then certify the calls of the log it returns."
+            " A plain list looks like the predecessor's answers: RobustAPI(api, online=False) with api one of "
+            "'azure', 'google', 'aws', 'clarifai' reads them (certify(answers, noise_sd, N0, N, alpha), as the "
+            "predecessor did); or import pred_hist_<i>.pkl files with robust_api.import_legacy(folder, api, "
+            "noise_sd=...) (robust-api import-legacy), then certify the calls of the log it returns."
         )
     raise InvalidInputError(
         f"offline predict/certify needs a CallLog (result.logs, or an item of robust_api.open_log(path)), "

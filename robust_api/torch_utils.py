@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
+import queue
 import threading
 import warnings
 from typing import Any, Optional
@@ -24,6 +26,10 @@ __all__ = [
     "denoiser_chunk_size",
     "receptive_radius",
     "activation_bytes_per_pixel",
+    "usable_cpus",
+    "CpuWorkers",
+    "cpu_workers",
+    "batch_chunks",
 ]
 
 
@@ -92,7 +98,10 @@ class ModuleDenoiser:
     may accumulate in another order on another tile size). A module whose receptive radius
     is unknown is not tiled: it raises :class:`DenoiserError` saying what to do. On CUDA the
     module runs in channels_last memory format under autocast (bfloat16 where the GPU
-    supports it, else float16); on CPU in float32.
+    supports it, else float16); on CPU in float32, and a module that declares
+    ``parallel_forward = True`` (every :class:`~robust_api.denoisers.base.DenoiserModule`)
+    is run on the process's :class:`CpuWorkers`, one chunk of at most
+    :data:`CPU_CHUNK_IMAGES` images per worker at a time, with the same results.
 
     Args:
         module: the denoiser; put in eval mode and moved to ``device``.
@@ -115,6 +124,9 @@ class ModuleDenoiser:
             rounded up to a multiple of the module's ``tile_multiple`` (default 1; FFDNet's 2:
             tiles then start on its 2×2 pixel-unshuffle grid and match the untiled result).
         tiles_run: forward passes run on tiles so far (a counter, for tests and benchmarks).
+        parallel: True when CPU batches are split over :func:`cpu_workers`: a CPU device and a
+            module whose ``parallel_forward`` is True (its ``forward`` writes no state, and
+            gives each image the same bits in any batch and on any number of threads).
     """
 
     def __init__(self, module, device: Any = None, mixed_precision: Optional[bool] = None,
@@ -139,6 +151,7 @@ class ModuleDenoiser:
         radius = receptive_radius(module)
         self.receptive_radius = None if radius is None else -(-radius // self.tile_multiple) * self.tile_multiple
         self.tiles_run = 0
+        self.parallel = self.device.type == "cpu" and getattr(module, "parallel_forward", False) is True
         self.autocast_dtype = None
         if self.device.type == "cuda":
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -218,12 +231,41 @@ class ModuleDenoiser:
         per_pixel = activation_bytes_per_pixel(self.module)
         with torch.inference_mode():
             if height * width * per_pixel <= budget:
+                if self._run_on_workers(images, out, height * width * per_pixel, budget):
+                    return out
                 chunk = max(1, budget // max(1, height * width * per_pixel))
                 for start in range(0, count, chunk):
                     out[start : start + chunk] = self._forward(images[start : start + chunk]).numpy()
                 return out
             self._tiled(images, out, budget, per_pixel)
         return out
+
+    def _run_on_workers(self, images: np.ndarray, out: np.ndarray, image_bytes: int, budget: int) -> bool:
+        """Denoise ``images`` into ``out`` on the :class:`CpuWorkers` when that applies (see
+        :attr:`parallel`); False when it does not (one image, one usable CPU thread, or chunks
+        for every worker at once would not fit ``budget``): the caller runs the module itself.
+
+        The batch is cut into a multiple of the worker count of chunks of at most
+        :data:`CPU_CHUNK_IMAGES` images, equal up to one image (20 images on 2 workers: 2 × 10;
+        100: 4 × 25), so the workers finish together, and none of a single image (see
+        :func:`batch_chunks`); the activations in flight stay within ``budget``."""
+        count = images.shape[0]
+        if not self.parallel or count < 2:
+            return False
+        workers = cpu_workers()
+        if workers is None:
+            return False
+        per_chunk = min(CPU_CHUNK_IMAGES, budget // max(1, image_bytes * workers.count))
+        if per_chunk < 1:
+            return False
+        chunks = workers.count * -(-count // (workers.count * per_chunk))
+
+        def denoise(span: tuple) -> None:
+            start, stop = span
+            out[start:stop] = self._forward(images[start:stop]).numpy()
+
+        workers.map(denoise, batch_chunks(count, chunks))
+        return True
 
     def tile_size(self, image_shape, budget: Optional[int] = None) -> int:
         """The interior side of the square tiles for images of ``image_shape`` (H, W, C)
@@ -341,6 +383,177 @@ def activation_bytes_per_pixel(module) -> int:
 #: Memory a denoiser chunk may use for activations: a share of free CUDA memory, or this on CPU.
 CPU_ACTIVATION_BYTES = 1 << 30
 CUDA_FREE_MEMORY_SHARE = 0.5
+
+#: Most images one CPU worker denoises per forward pass. Small chunks keep a layer's
+#: activations in the core's cache, and the allocator reuses their memory from one layer to
+#: the next, where a block of hundreds of images takes fresh pages (page faults) every layer.
+CPU_CHUNK_IMAGES = 32
+
+
+def batch_chunks(count: int, chunks: int) -> list:
+    """[start, stop) ranges that cut a batch of ``count`` images into at most ``chunks``
+    chunks whose sizes differ by at most one, none of a single image (unless ``count`` is 1):
+    oneDNN runs a batch of one with other kernels, whose last bits differ from the same image
+    in a larger batch; every other batch size gives the same bits."""
+    chunks = max(1, min(int(chunks), count // 2))
+    base, extra = divmod(count, chunks)
+    ranges, start = [], 0
+    for index in range(chunks):
+        stop = start + base + (1 if index < extra else 0)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
+@functools.lru_cache(maxsize=1)
+def _cgroup_cpu_limit() -> Optional[int]:
+    """The CPU quota of this process's Linux cgroup, rounded up (a container started with
+    ``--cpus=2`` on a larger host: 2); None when there is none or it cannot be read. Read once."""
+    candidates = (("/sys/fs/cgroup/cpu.max", None),  # cgroup v2: "<quota> <period>" or "max <period>"
+                  ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us"))  # v1
+    for quota_file, period_file in candidates:
+        try:
+            with open(quota_file, encoding="ascii") as handle:
+                fields = handle.read().split()
+            if period_file is not None:
+                with open(period_file, encoding="ascii") as handle:
+                    fields = fields[:1] + handle.read().split()[:1]
+            quota, period = int(fields[0]), int(fields[1])
+        except (OSError, ValueError, IndexError):  # "max", no such file, not Linux
+            continue
+        if quota > 0 and period > 0:
+            return max(1, -(-quota // period))
+    return None
+
+
+def usable_cpus() -> int:
+    """The CPU threads this process should use for PyTorch work: torch's intra-op thread count
+    in the calling thread (``OMP_NUM_THREADS``, ``torch.set_num_threads``, else torch's
+    default), capped by the cgroup CPU quota when there is one (torch does not read it)."""
+    import torch
+
+    count = max(1, int(torch.get_num_threads()))
+    limit = _cgroup_cpu_limit()
+    return count if limit is None else min(count, limit)
+
+
+class CpuWorkers:
+    """Daemon threads that each run PyTorch with one intra-op thread: data-parallel forward
+    passes on the CPU, each worker on its own chunk of images.
+
+    Why not torch's own threads: torch splits every layer across an OpenMP team, which meets
+    at a barrier after each operation. When the cores are shared (other processes, or other
+    threads of this one), a team member that loses its core stalls the team at every barrier
+    while the others spin. Independent chunks never wait for each other. On 2 cores, the
+    README's main job (3,630 denoised queries) took 15–28 s with a 2-thread team while
+    another process kept one core busy, 10–16 s on two such workers; 25 s against 13–16 s
+    with both cores busy; and on idle cores 7–12 s against 6–9 s (smaller chunks also stay
+    in cache and reuse their memory: a tenth of the page faults).
+
+    Only modules whose outputs do not depend on the batch size or the thread count are cut
+    into chunks (``parallel_forward``: DnCNN, DRUNet, FFDNet, PhotoNet and non-local means,
+    checked in ``tests/denoisers/test_cpu_workers.py``), so the chunks give the same bits as
+    one pass with torch's threads.
+
+    ``torch.set_num_threads(1)`` in a worker also sets torch's default for threads that have
+    not used torch yet; the constructor restores that default once every worker has taken its
+    own count, so the caller's threads keep theirs.
+
+    Args:
+        count: the number of worker threads, ≥ 1.
+    """
+
+    def __init__(self, count: int):
+        import torch
+
+        self.count = int(count)
+        self._tasks: "queue.SimpleQueue" = queue.SimpleQueue()
+        before = torch.get_num_threads()
+        ready = threading.Barrier(self.count + 1)
+        for index in range(self.count):
+            threading.Thread(target=self._work, args=(ready,), name=f"robust-api-torch-{index}", daemon=True).start()
+        ready.wait()
+        torch.set_num_threads(before)  # torch's default for new threads, which the workers changed
+
+    def _work(self, ready: threading.Barrier) -> None:
+        import torch
+
+        _in_worker.active = True
+        torch.set_num_threads(1)
+        torch.get_num_threads()  # this thread's count is now settled, whatever the default becomes
+        ready.wait()
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            task()
+
+    def map(self, fn, items) -> list:
+        """``[fn(item) for item in items]``, the items spread over the workers (under
+        ``torch.inference_mode``, which is per thread); waits for all of them and raises the
+        first item's exception, if any, once every item is done. Called from a worker (a
+        module that itself uses the workers), it runs the items there, one after the other."""
+        import torch
+
+        items = list(items)
+        if getattr(_in_worker, "active", False):  # waiting for the other workers could deadlock
+            with torch.inference_mode():
+                return [fn(item) for item in items]
+        results: list = [None] * len(items)
+        errors: list = [None] * len(items)
+        done = threading.Semaphore(0)
+
+        def task(index: int, item) -> None:
+            try:
+                with torch.inference_mode():
+                    results[index] = fn(item)
+            except BaseException as exc:  # handed to the caller below
+                errors[index] = exc
+            finally:
+                done.release()
+
+        for index, item in enumerate(items):
+            self._tasks.put(lambda index=index, item=item: task(index, item))
+        for _ in items:
+            done.acquire()
+        for error in errors:
+            if error is not None:
+                raise error
+        return results
+
+    def stop(self) -> None:
+        """Let the workers end once the queued tasks are done."""
+        for _ in range(self.count):
+            self._tasks.put(None)
+
+
+_in_worker = threading.local()
+_cpu_workers: dict = {}  # worker count -> CpuWorkers
+_cpu_workers_lock = threading.Lock()
+
+
+def _forget_workers_after_fork() -> None:
+    """A forked child has none of its parent's threads: it starts its own workers if it needs any."""
+    global _cpu_workers, _cpu_workers_lock
+    _cpu_workers, _cpu_workers_lock = {}, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers_after_fork)
+
+
+def cpu_workers() -> Optional[CpuWorkers]:
+    """The process's :class:`CpuWorkers` for :func:`usable_cpus` in the calling thread
+    (created on first use, kept for the life of the process); None when only one CPU thread
+    is usable: the caller then runs torch itself."""
+    count = usable_cpus()
+    if count < 2:
+        return None
+    with _cpu_workers_lock:
+        workers = _cpu_workers.get(count)
+        if workers is None:
+            workers = _cpu_workers[count] = CpuWorkers(count)
+        return workers
 
 
 def denoiser_chunk_size(module, image_shape, device, budget: Optional[int] = None) -> int:

@@ -14,9 +14,12 @@ from .errors import InvalidParameterError
 
 __all__ = [
     "check_alpha", "check_noise_sd", "check_sample_count", "check_seed", "check_radius", "check_count", "check_flag",
-    "check_rate_limit", "check_choice", "MAX_SEED", "MAX_SAMPLES", "MAX_BATCH_SIZE", "MAX_CONCURRENCY",
+    "check_rate_limit", "check_choice", "check_text", "MAX_TEXT_CHARS", "MAX_SEED", "MAX_SAMPLES", "MAX_BATCH_SIZE", "MAX_CONCURRENCY",
     "MAX_ATTEMPTS", "MAX_BACKOFF_S", "MIN_RATE_LIMIT", "MAX_TOTAL_QUERIES",
 ]
+
+#: The longest image name or tag a call records (characters).
+MAX_TEXT_CHARS = 1_000
 
 #: Seeds live in [0, 2⁶³) so that they fit SQLite's signed 64-bit integers.
 MAX_SEED = 2**63 - 1
@@ -149,3 +152,19 @@ def check_radius(radius: Any) -> Any:
     if isinstance(radius, bool) or not isinstance(radius, Real) or not 0 < float(radius) < math.inf:
         raise InvalidParameterError(f"radius must be a positive number or None, got {radius!r}")
     return float(radius)
+
+
+def check_text(value: Any, name: str) -> Any:
+    """None, or a printable string of 1 to :data:`MAX_TEXT_CHARS` characters (an image's
+    ``name`` or ``tag``): no control characters, so that it prints on one line and cannot
+    forge a line of a table or a log."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidParameterError(f"{name} must be a string (or None), got {type(value).__name__}")
+    if not 1 <= len(value) <= MAX_TEXT_CHARS or not value.isprintable():
+        raise InvalidParameterError(
+            f"{name} must be 1 to {MAX_TEXT_CHARS} printable characters (no newline, tab or other control "
+            f"character), got {value[:60]!r}{'...' if len(value) > 60 else ''}"
+        )
+    return value

@@ -7,6 +7,10 @@ emulators serve), or live in ``denoisers/`` and ``models/`` (torch throughout); 
 PyTorch installed they are skipped, so that
 ``pip install -e '.[test]'`` without the ``[torch]`` extra runs the torch-free part of the
 suite (CI runs it once that way and once with PyTorch).
+
+``$ROBUST_API_HOME``, the folder of the default query log, is a fresh temporary folder for
+every test (the ``robust_api_home`` fixture, autouse), so that nothing is written into the
+real home folder.
 """
 
 import pytest
@@ -28,6 +32,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("torch") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _robust_api_home_for_the_session(tmp_path_factory):
+    """The default log's data directory ($ROBUST_API_HOME) is a temporary folder for the whole
+    session (module- and session-scoped fixtures too), never the user's real one."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ROBUST_API_HOME", str(tmp_path_factory.mktemp("robust-api-home-session")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def robust_api_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty $ROBUST_API_HOME (where ``RobustAPI(log=None)`` and the
+    command line put the default query log), so no test writes into the real home folder and
+    no test reuses another's logged answers. Child processes inherit it. Returns the folder."""
+    home = tmp_path_factory.mktemp("robust-api-home")
+    monkeypatch.setenv("ROBUST_API_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="module")

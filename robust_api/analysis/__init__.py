@@ -2,7 +2,8 @@
 radius, abstention, queries and dollars, grouped by provider, denoiser, σ and method.
 
     report = robust_api.analyze("query_logs/", labels="examples/images/LABELS.csv")
-    print(report.table()); report.plot("accuracy.png")
+    print(report.table()); report.plot("accuracy.svg")     # or .pdf / .png
+    report.to_latex(); report.to_html("report.html", images="examples/images/")
 
 Nothing here sends a query: certify calls are re-certified from their records
 (``robust_api.offline``), so a log can be re-analysed anywhere, with no provider SDK,
@@ -21,7 +22,10 @@ from ..query_logs import CallLog, QueryLog
 from ..validation import check_alpha, check_radius
 from .collect import CertifiedImage, IncompleteCall, collect, load_labels
 from .metrics import average_certified_radius, certified_accuracy, certified_accuracy_curve
-from .report import GROUP_FIELDS, AnalysisReport, GroupSummary, summarize_group
+from .labels import group_labels
+from .latex import latex_escape
+from .plots import Curve
+from .report import GROUP_FIELDS, AnalysisReport, GroupSummary, check_plot_path, summarize_group
 
 __all__ = [
     "analyze",
@@ -36,6 +40,10 @@ __all__ = [
     "DEFAULT_RADII",
     "DEFAULT_GROUP_BY",
     "GROUP_FIELDS",
+    "Curve",
+    "check_plot_path",
+    "group_labels",
+    "latex_escape",
 ]
 
 #: The radii of the papers' tables.
@@ -91,9 +99,9 @@ def analyze(
 
     Returns:
         An :class:`AnalysisReport`: ``.rows``, ``.groups``, ``.table()``, ``.to_csv()``,
-        ``.to_json()``, ``.plot()``; ``.incomplete`` lists the certify calls left out because
-        they did not complete or have a gap (never certified from what they hold), with
-        what they paid; ``.invalid_cost_calls`` names calls whose logged costs are not valid
+        ``.to_json()``, ``.plot()``, ``.to_latex()``, ``.to_html()``; ``.incomplete`` lists
+        the certify calls left out because they did not complete or have a gap (never
+        certified from what they hold), with what they paid; ``.invalid_cost_calls`` names calls whose logged costs are not valid
         prices (their dollars are reported unknown, never summed). Each certificate carries
         its own guarantee (probability ≥ 1 − α per image); the accuracies are empirical
         fractions over images, not bounds.

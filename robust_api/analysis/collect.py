@@ -9,6 +9,7 @@ with ``certify_from_log``, which calls it on the votes in sample order. Nothing 
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -60,6 +61,12 @@ class CertifiedImage:
         truth: the ground truth this analysis compares with (None when unknown).
         invalid_costs: records of these calls whose logged cost is not a valid price (NaN,
             infinite, negative, not a number, or above ``MAX_LOGGED_COST_USD``).
+        image_name: the image's name as the call's header records it (e.g. its file name;
+            TSV rows: ``"<file name>#<idx>"``), None when the log does not say. Text from a
+            log: escape it before putting it in HTML or LaTeX.
+        image_shape: (H, W, C) of the certified image as logged (None when unknown).
+        target_radius: the target radius of a sequential call (it certifies that radius, so
+            its curve ends there), else None.
     """
 
     source: str
@@ -81,6 +88,14 @@ class CertifiedImage:
     clean_label: Optional[str] = None
     truth: Optional[str] = None
     invalid_costs: int = 0
+    image_name: Optional[str] = None
+    image_shape: Optional[tuple] = None
+    target_radius: Optional[float] = None
+
+    @property
+    def display_name(self) -> str:
+        """The image's logged name, else the first 12 hex digits of its digest."""
+        return self.image_name or self.image[:12]
 
     @property
     def abstained(self) -> bool:
@@ -168,6 +183,23 @@ def _settings_text(params: dict, selection_is_clean: bool) -> str:
     return f"{chosen} N={params.get('N')}"
 
 
+def _image_name(header) -> Optional[str]:
+    """The image name the call's header records (``CallHeader.image_name``, or the
+    ``"image_name"`` entry of its params in logs written before that property), if a string."""
+    name = getattr(header, "image_name", None)
+    if name is None and isinstance(header.params, dict):
+        name = header.params.get("image_name")
+    return name if isinstance(name, str) and name else None
+
+
+def _target_radius(method: str, params: dict) -> Optional[float]:
+    """The target radius of a sequential call (None without one, or for other methods)."""
+    target = params.get("radius") if method == "sequential" else None
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 0:
+        return None
+    return float(target)
+
+
 def _row_from_summary(summary: CallSummary, source: str, alpha: Optional[float],
                       load: Callable[[str], CallLog]) -> CertifiedImage:
     header = summary.header
@@ -179,7 +211,8 @@ def _row_from_summary(summary: CallSummary, source: str, alpha: Optional[float],
         source=source, run_id=header.run_id, image=header.image_digest, provider=header.provider,
         model_version=header.model_version, denoiser=header.denoiser_id or "none", noise_sd=float(header.noise_sd),
         method=method, settings=_settings_text(params, selection_is_clean), queries=summary.paid,
-        cost_usd=summary.cost_usd, invalid_costs=summary.invalid_costs,
+        cost_usd=summary.cost_usd, invalid_costs=summary.invalid_costs, image_name=_image_name(header),
+        image_shape=tuple(header.image_shape or ()) or None, target_radius=_target_radius(method, params),
     )
     if method not in ("cohen", "top2") or (selection_is_clean and clean.samples != 1):
         # the sequential rule replays the records in order (counts are not enough); any other
@@ -252,6 +285,7 @@ def _tsv_rows(path: Path) -> list[CertifiedImage]:
             # the file printed a rounded radius: count only what it certainly certified
             radius=row.radius_lower if row.predicted is not None else 0.0, p_lower=None,
             samples=None, queries=None, cost_usd=None, clean_label=None, truth=row.true_label,
+            image_name=f"{path.name}#{row.idx}",
         ))
     return rows
 

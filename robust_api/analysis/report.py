@@ -12,14 +12,15 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import InvalidParameterError, MissingDependencyError
+from ..errors import InvalidParameterError
 from ..query_logs.records import MAX_LOGGED_COST_USD
 from .collect import CertifiedImage
+from .labels import group_labels
+from .latex import latex_table
 from .metrics import certified_accuracy_curve
+from .plots import Curve, check_plot_format, draw_curves, figure_svg, new_figure, save_figure
 
 __all__ = ["GroupSummary", "AnalysisReport", "GROUP_FIELDS", "summarize_group", "check_plot_path"]
-
-_NO_MATPLOTLIB = "plots need matplotlib: pip install 'robust-api[plot]'"
 
 #: Fields rows can be grouped by (``by=``).
 GROUP_FIELDS = ("provider", "model_version", "denoiser", "noise_sd", "method", "settings", "alpha", "source")
@@ -244,7 +245,9 @@ class AnalysisReport:
     def to_json(self, rows: bool = False) -> dict:
         """A JSON-able dict: truth, radii, sources, notes, groups, the left-out calls
         (``incomplete``) and the calls with invalid costs (NaN → None, unknown dollars → None);
-        with ``rows=True`` also every certified image."""
+        with ``rows=True`` also every certified image: its fields (``image`` is the digest,
+        ``image_name`` the logged name or None) plus ``name`` (the logged name, else the
+        digest's first 12 hex digits) and ``correct``."""
         def clean(value: Any) -> Any:
             return None if isinstance(value, float) and math.isnan(value) else value
 
@@ -270,7 +273,7 @@ class AnalysisReport:
             "invalid_cost_calls": list(self.invalid_cost_calls), "notes": self.notes(), "groups": groups,
         }
         if rows:
-            out["rows"] = [{**row.__dict__, "correct": row.correct} for row in self.rows]
+            out["rows"] = [{**row.__dict__, "name": row.display_name, "correct": row.correct} for row in self.rows]
         return out
 
     # -- curves and plots -------------------------------------------------------------------
@@ -302,62 +305,178 @@ class AnalysisReport:
                                           [r.truth for r in judged], grid)
         return grid, values
 
-    def plot(self, path: Union[str, os.PathLike, None] = None, ax: Any = None, title: Optional[str] = None):
-        """Certified accuracy against radius, one step curve per group (matplotlib).
+    def group_labels(self) -> list[str]:
+        """Human names of :attr:`groups`, in order, all different: e.g. "Google (emulator),
+        DnCNN σ=0.25, Cohen N=100" for ``google:label_detection@127.0.0.1:38775``,
+        ``denoiser:fashion-mnist-dncnn-0.25``, 0.25, cohen, ``N0=20 N=100`` (see
+        :mod:`robust_api.analysis.labels`). The legends, LaTeX rows and HTML headings use them."""
+        return group_labels([group.key for group in self.groups])
+
+    def short_truth_description(self) -> str:
+        """The ground truth in words, without file paths (for titles and shared reports)."""
+        text = "true labels" if self.truth == "labels" else "the provider's own label on the clean image"
+        if any(row.run_id is None for row in self.rows):
+            text += "; TSV rows: their label column"
+        return text
+
+    def group_target(self, group: GroupSummary) -> Optional[float]:
+        """The radius where ``group``'s curve ends: the largest target radius when every
+        certificate of the group is a sequential one with a target (it certifies the
+        target; beyond it the curve means nothing), else None (drawn to the axis' end)."""
+        targets = [row.target_radius for row in self.group_rows(group)]
+        if not targets or any(target is None for target in targets):
+            return None
+        return max(targets)
+
+    def curves(self, labels: Optional[Sequence[str]] = None) -> list[Curve]:
+        """The curves :meth:`plot` draws, one :class:`~robust_api.analysis.plots.Curve` per group.
+
+        Each holds the exact breakpoints of :meth:`curve`; the curve of a group of targeted
+        sequential certificates stops at :meth:`group_target` (its last point is the target,
+        with the accuracy there), the others run to 5% beyond the report's largest radius.
 
         Args:
-            path: save the figure there (PNG, PDF, SVG … by suffix).
+            labels: legend texts, one per group (default :meth:`group_labels`).
+        """
+        labels = self.group_labels() if labels is None else [str(label) for label in labels]
+        if len(labels) != len(self.groups):
+            raise InvalidParameterError(f"labels: {len(labels)} given for {len(self.groups)} groups")
+        out = []
+        for label, group in zip(labels, self.groups):
+            grid, values = self.curve(group)
+            end = self.group_target(group)
+            if end is not None:
+                grid, values = self.curve(group, np.append(grid[grid < end], end))
+            out.append(Curve(label=label, radii=grid, accuracy=values, end=end, key=dict(group.key)))
+        return out
+
+    def plot(self, path: Union[str, os.PathLike, None] = None, ax: Any = None, title: Optional[str] = None,
+             labels: Optional[Sequence[str]] = None):
+        """Certified accuracy against radius, one step curve per group (matplotlib).
+
+        The legend names each group in words (:meth:`group_labels`); a group of sequential
+        certificates with a target radius is drawn up to that radius, where a dot ends it.
+        The x axis is the L2 radius in pixel units of [0, 1] images, the y axis the certified
+        accuracy in %.
+
+        Args:
+            path: save the figure there; the file type follows the suffix: ``.pdf`` or
+                ``.svg`` (vector; text stays text) or ``.png`` (200 dpi). Files carry no date,
+                so the same report gives the same file.
             ax: draw on these matplotlib axes instead of a new figure.
-            title: the figure title (default: the ground truth used).
+            title: the figure title; default: the ground truth in words (never a file
+                path); ``""`` for none (a paper's caption says it).
+            labels: legend texts, one per group, instead of :meth:`group_labels`.
 
         Returns:
             The matplotlib ``Figure``.
 
         Raises:
+            InvalidParameterError: ``path`` has another suffix than .pdf, .svg or .png
+                (checked before anything is drawn; :func:`check_plot_path` checks it
+                before an analysis), or ``labels`` has the wrong length.
             MissingDependencyError: matplotlib is not installed (``pip install 'robust-api[plot]'``).
         """
-        if path is not None:
-            check_plot_path(path)  # also checks that matplotlib is installed
-        try:
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise MissingDependencyError(_NO_MATPLOTLIB) from None
+        fmt = check_plot_format(path) if path is not None else None  # also checks that matplotlib is installed
+        curves = self.curves(labels)
         if ax is None:
             # the legend goes under the axes: group names are long (provider, denoiser, σ, method ...)
-            figure = Figure(figsize=(6.4, 3.8 + 0.2 * len(self.groups)), dpi=100)
+            figure = new_figure(len(self.groups))
             ax = figure.add_subplot()
         else:
             figure = ax.figure
-        for group in self.groups:
-            grid, values = self.curve(group)
-            ax.step(grid, 100 * values, where="pre", label=group.name())
-        ax.set_xlabel("L2 radius (pixel units in [0, 1])")
-        ax.set_ylabel("certified accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.set_xlim(left=0)
-        ax.grid(alpha=0.3)
-        ax.set_title(title or f"ground truth: {self.truth_description}", fontsize=9)
-        if self.groups:
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+        draw_curves(ax, curves, f"ground truth: {self.short_truth_description()}" if title is None else title)
         if path is not None:
-            figure.savefig(path, bbox_inches="tight")
+            save_figure(figure, path, fmt)
         return figure
+
+    def plot_svg(self, title: Optional[str] = "") -> str:
+        """The plot as an ``<svg>`` element (text), e.g. to inline in HTML.
+
+        Raises:
+            MissingDependencyError: matplotlib is not installed.
+        """
+        return figure_svg(self.plot(title=title))
+
+    # -- paper and browser output -------------------------------------------------------------
+    def to_latex(self, path: Union[str, os.PathLike, None] = None, acr: bool = False,
+                 labels: Optional[Sequence[str]] = None, digits: int = 1) -> str:
+        """The certified-accuracy table as a LaTeX ``tabular`` (booktabs rules).
+
+        One row per group, named in words (:meth:`group_labels`, escaped for LaTeX), one
+        column per radius of :attr:`radii` with the certified accuracy in % (``--`` without
+        a ground truth). No ``table`` float or caption: wrap it in your own. Needs
+        ``\\usepackage{booktabs}``.
+
+        Args:
+            path: also write the text there (UTF-8).
+            acr: add a column with the average certified radius.
+            labels: row names, one per group, instead of :meth:`group_labels` (plain text;
+                escaped here).
+            digits: decimals of the percentages.
+
+        Returns:
+            The ``\\begin{tabular}`` ... ``\\end{tabular}`` text.
+        """
+        names = self.group_labels() if labels is None else [str(label) for label in labels]
+        if len(names) != len(self.groups):
+            raise InvalidParameterError(f"labels: {len(names)} given for {len(self.groups)} groups")
+        text = latex_table(
+            names, self.radii, [[group.certified_accuracy[float(r)] for r in self.radii] for group in self.groups],
+            acr=[group.acr for group in self.groups] if acr else None, digits=digits,
+        )
+        if path is not None:
+            with open(path, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+        return text
+
+    def to_html(self, path: Union[str, os.PathLike, None] = None, images: Any = None,
+                title: Optional[str] = None, plot: bool = True) -> str:
+        """A self-contained HTML report (one file, inline CSS, no script) that opens in a browser.
+
+        At the top: images, how many were certified, the ground truth, the queries and
+        dollars paid (certify, predict and left-out calls), then one row per group with the
+        certified accuracy at each radius, ACR, abstention and spending, and the plot as
+        inline SVG when matplotlib is installed (and a ground truth is known). Then, per
+        group, one row per image: thumbnail (when ``images`` has its file; else the start
+        of its digest), name, certified label, ground truth, radius, p_lower, queries, USD.
+        The notes of :meth:`notes` close it. All text from the logs is HTML-escaped.
+
+        Args:
+            path: also write the page there (UTF-8).
+            images: where the image files are, for thumbnails (embedded as base64 PNG):
+                a folder (searched recursively), one file, a mapping of image name or
+                digest → file, or a list of files. Files are matched by the digest the log
+                holds, computed as ``RobustAPI`` does; a file whose pixels are not a
+                logged image is not used.
+            title: the page title (default "Certified predictions").
+            plot: False leaves the plot out.
+
+        Returns:
+            The HTML text.
+
+        Raises:
+            InvalidParameterError: ``images`` is of another type or names a missing path.
+        """
+        from .html import find_images, render_html
+
+        files = find_images(images, self.rows)
+        text = render_html(self, files, title=title, plot=plot)
+        if path is not None:
+            with open(path, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+        return text
 
 
 def check_plot_path(path: Union[str, os.PathLike]) -> None:
-    """Refuse, before any work, a plot path matplotlib cannot write (or a missing matplotlib).
+    """Refuse, before any work (an analysis included), a plot path that :meth:`AnalysisReport.plot`
+    cannot write: another suffix than .pdf, .svg or .png, or a missing matplotlib.
 
     Raises:
+        InvalidParameterError: the suffix is not .pdf, .svg or .png (the file type follows it).
         MissingDependencyError: matplotlib is not installed.
-        InvalidParameterError: the suffix names no format matplotlib writes.
     """
-    try:
-        from matplotlib.backend_bases import FigureCanvasBase
-    except ImportError:
-        raise MissingDependencyError(_NO_MATPLOTLIB) from None
-    suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
-    if suffix not in FigureCanvasBase.get_supported_filetypes():
-        raise InvalidParameterError(f"cannot write the plot to {os.fspath(path)!r}: use .png, .pdf or .svg")
+    check_plot_format(path)
 
 
 def _blank(value: Any) -> Any:

@@ -318,7 +318,12 @@ def _budget(text: str) -> tuple:
 
 
 def add_commands(commands: Any, argv: Sequence[str]) -> None:
-    """Register ``train-denoiser`` and ``eval-denoiser`` on an argparse sub-parsers object."""
+    """Register ``train-denoiser`` and ``eval-denoiser`` on an argparse sub-parsers object.
+
+    :func:`robust_api.commands.cli.build_parser` then gives them, as every sub-command, the
+    global options (``-v``, ``-q``, ``--version``, before or after the command) and the exit
+    statuses in their help; the option names (``--noise-sd``, ``--alpha``) are the Python API's.
+    """
     train = commands.add_parser("train-denoiser", help="train a denoiser (MSE or stability objective)")
     train.add_argument("--dataset", default="fashion-mnist",
                        help="fashion-mnist, photos (scikit-image/scikit-learn photos), or a folder of images")

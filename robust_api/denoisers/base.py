@@ -57,10 +57,18 @@ class DenoiserModule(nn.Module):
         noisy_input: "unclipped" (default: ``forward`` gets x + σ·z) or "clipped" (weights
             trained on clip(x + σ·z, 0, 1), which is then what ``forward`` gets); see :data:`NOISY_INPUTS`.
         activation_channels: the widest feature map, in channels; used to size batches.
+        parallel_forward: True (the default here): ``forward`` only reads the module and
+            gives each image the same bits whatever the batch size and torch's thread count,
+            so the runner may call it from several CPU threads at once, each on its own chunk
+            of images (:class:`robust_api.torch_utils.CpuWorkers`). A subclass for which
+            either does not hold sets it to False (MemNet). A plain ``torch.nn.Module`` passed
+            as ``denoiser=`` runs in the caller's thread unless it declares
+            ``parallel_forward = True`` itself.
     """
 
     arch: str = ""
     activation_channels: int = 64
+    parallel_forward: bool = True
     noise_sd_range: Optional[Tuple[float, float]] = None
     noisy_input: str = "unclipped"
 

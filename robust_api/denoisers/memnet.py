@@ -72,6 +72,9 @@ class MemNet(DenoiserModule):
     """
 
     arch = "memnet"
+    # its outputs change in the last bit with the batch size and torch's thread count (the
+    # 1×1 gate convolutions), so it keeps running whole batches in the caller's thread
+    parallel_forward = False
 
     def __init__(self, image_channels: int = 3, channels: int = 64, num_memory_blocks: int = 3,
                  num_residual_blocks: int = 6):

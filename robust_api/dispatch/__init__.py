@@ -13,16 +13,18 @@ counted, so the running total is an upper bound on the bill.
 
 One job per module: :mod:`.retry` (the backoff policy), :mod:`.rates` (rate limits),
 :mod:`.budget` (the caps), :mod:`.attempts` (one batch until every sample has a final
-record) and :mod:`.dispatcher` (a phase's batches across the worker threads).
+record), :mod:`.dispatcher` (a phase's batches across the worker threads) and
+:mod:`.progress` (one progress bar per run, retry and throttling counts).
 """
 
 from .attempts import BatchAttempts, BatchFailed
 from .budget import Budget, Hold, Spending
 from .dispatcher import Dispatcher
+from .progress import AttemptStats, RunProgress
 from .rates import RateLimiter, shared_rate_limiter
 from .retry import UNBILLED_KINDS, RetryPolicy
 
 __all__ = [
     "RetryPolicy", "RateLimiter", "Budget", "Hold", "Spending", "Dispatcher", "shared_rate_limiter", "BatchAttempts",
-    "BatchFailed", "UNBILLED_KINDS",
+    "BatchFailed", "UNBILLED_KINDS", "AttemptStats", "RunProgress",
 ]

@@ -15,6 +15,7 @@ from ..errors import ProviderResponseError, TransientProviderError
 from ..providers.base import Provider, QueryFailure
 from ..query_logs.records import QueryRecord, dumps_raw
 from .budget import Budget, Hold
+from .progress import AttemptStats
 from .rates import RateLimiter
 from .retry import UNBILLED_KINDS, RetryPolicy
 
@@ -47,9 +48,11 @@ class BatchAttempts:
 
     def __init__(self, provider: Provider, budget: Budget, retry: RetryPolicy, rate_limiter: Optional[RateLimiter],
                  rng: random.Random, phase: str, start: int, images: np.ndarray,
-                 abort: Optional[threading.Event] = None, hold: Optional[Hold] = None):
+                 abort: Optional[threading.Event] = None, hold: Optional[Hold] = None,
+                 stats: Optional[AttemptStats] = None):
         self.provider, self.budget, self.retry, self.rate_limiter, self.rng = provider, budget, retry, rate_limiter, rng
         self.phase, self.start, self.images, self.hold = phase, start, images, hold
+        self.stats = stats if stats is not None else AttemptStats()  # retries and throttled answers
         self.abort = abort or threading.Event()
         self.price = provider.cost_per_query_usd
         self.count = len(images)
@@ -131,6 +134,8 @@ class BatchAttempts:
                 retry_later.append(i)
         logger.debug("%s: %s on %d queries (%s)", self.provider.identity, exc.kind, len(pending),
                      self.provider.redact(str(exc)))
+        self.stats.add(retries=len(retry_later), throttled=int(exc.kind == "throttled"),
+                       failed=len(pending) - len(retry_later))
         self.pending = retry_later
         return exc.retry_after
 
@@ -150,11 +155,14 @@ class BatchAttempts:
             self.attempts[i] += 1
         for i, raw in zip(pending, answers):
             if isinstance(raw, QueryFailure):
+                throttled = int(raw.kind == "throttled")
                 if raw.transient and self.attempts[i] < self.retry.max_attempts:
                     retry_later.append(i)
+                    self.stats.add(retries=1, throttled=throttled)
                     if raw.retry_after is not None:
                         retry_after = max(retry_after or 0.0, raw.retry_after)
                 else:
+                    self.stats.add(throttled=throttled, failed=1)
                     self.finished[i] = self._error(
                         i, f"{raw.kind} after {self.attempts[i]} attempts: {raw.message}", latency)
                 continue

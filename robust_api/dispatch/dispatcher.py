@@ -19,6 +19,7 @@ from ..providers.base import Provider
 from ..query_logs.records import QueryRecord
 from .attempts import BatchAttempts, BatchFailed
 from .budget import Budget, Hold
+from .progress import AttemptStats
 from .rates import RateLimiter
 from .retry import RetryPolicy
 
@@ -28,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 def progress_bar(progress: Optional[bool], total: int, description: str):
-    """A tqdm bar on stderr: always with progress=True, never with False, and with None only
-    for long runs (≥ 500 queries) on an interactive terminal."""
+    """A tqdm bar on stderr for one phase: always with progress=True, never with False, and
+    with None only for long runs (≥ 500 queries) on an interactive terminal. (A run of many
+    images draws one :class:`~robust_api.dispatch.progress.RunProgress` bar instead.)"""
     show = progress if progress is not None else (total >= 500 and sys.stderr.isatty())
     if not show:
         return None
@@ -52,6 +54,10 @@ class Dispatcher:
         budget: the :class:`Budget` every attempt is reserved from.
         progress: see :func:`progress_bar`.
 
+    Attributes:
+        stats: the :class:`~robust_api.dispatch.progress.AttemptStats` of every batch sent
+            (retries, throttled answers, queries that failed after their retries).
+
     Raises:
         InvalidParameterError: the provider's ``cost_per_query_usd`` is not a finite number
             in [0, $1] (above $1 only with the provider's ``allow_high_cost`` set to True).
@@ -70,6 +76,8 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.budget = budget or Budget()
         self.progress = progress
+        self.stats = AttemptStats()
+        self._listeners: tuple = ()  # called with each settled batch's records (a RunProgress)
         self._rng = random.Random()
         self._executor: Optional[ThreadPoolExecutor] = None
         self._serial = threading.Lock()  # concurrency=1: one request at a time, whatever the calling threads
@@ -90,22 +98,42 @@ class Dispatcher:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
 
+    def add_listener(self, listener: Callable[[Sequence[QueryRecord]], None]) -> None:
+        """Call ``listener(records)`` with every batch's final records once they are recorded
+        (in the thread that runs the phase). While any listener is attached, no per-phase
+        progress bar is drawn: the listener (a run's progress bar) shows the progress."""
+        with self._pool_lock:
+            self._listeners = self._listeners + (listener,)
+
+    def remove_listener(self, listener: Callable[[Sequence[QueryRecord]], None]) -> None:
+        """Stop calling ``listener`` (nothing happens if it is not attached)."""
+        with self._pool_lock:
+            listeners = list(self._listeners)
+            if listener in listeners:
+                listeners.remove(listener)
+            self._listeners = tuple(listeners)
+
     def query_batch(self, phase: str, start: int, images: np.ndarray,
-                    abort: Optional[threading.Event] = None, hold: Optional[Hold] = None) -> list[QueryRecord]:
+                    abort: Optional[threading.Event] = None, hold: Optional[Hold] = None,
+                    stats: Optional[AttemptStats] = None) -> list[QueryRecord]:
         """Query images [B, H, W, C] (samples start … start+B−1) until each has a final record
-        (see :class:`~robust_api.dispatch.attempts.BatchAttempts`; raises its BatchFailed)."""
+        (see :class:`~robust_api.dispatch.attempts.BatchAttempts`; raises its BatchFailed).
+        Retries and throttled answers are counted in ``stats`` (default: :attr:`stats`)."""
         return BatchAttempts(self.provider, self.budget, self.retry, self.rate_limiter, self._rng, phase, start,
-                             images, abort, hold).run()
+                             images, abort, hold, self.stats if stats is None else stats).run()
 
     def _query_serially(self, phase: str, start: int, images: np.ndarray,
-                        abort: Optional[threading.Event] = None, hold: Optional[Hold] = None) -> list[QueryRecord]:
+                        abort: Optional[threading.Event] = None, hold: Optional[Hold] = None,
+                        stats: Optional[AttemptStats] = None) -> list[QueryRecord]:
         with self._serial:
-            return self.query_batch(phase, start, images, abort, hold)
+            return self.query_batch(phase, start, images, abort, hold, stats)
 
     def run(self, phase: str, batches: Iterable[tuple[int, np.ndarray]], total: int,
-            on_records: Callable[[Sequence[QueryRecord]], None], hold: Optional[Hold] = None) -> None:
+            on_records: Callable[[Sequence[QueryRecord]], None], hold: Optional[Hold] = None,
+            stats: Optional[AttemptStats] = None) -> None:
         """Send every (start, images) batch and hand each batch's final records to ``on_records``
-        (called in this thread, in completion order).
+        (called in this thread, in completion order). Retries and throttled answers are counted
+        in ``stats`` (a call's, whose parent is :attr:`stats`; default: :attr:`stats`).
 
         On a failure that retrying cannot fix — in a batch, in making the batches (the
         denoiser) or in recording them (the log) — no new batch is sent, the batches in flight
@@ -117,7 +145,7 @@ class Dispatcher:
         run is over, to give back what making the batches reserved). A batch is dropped from
         here as soon as it is settled, so its memory can go before the next is made.
         """
-        PhaseRun(self, phase, batches, total, on_records, hold).run()
+        PhaseRun(self, phase, batches, total, on_records, hold, stats).run()
 
 
 class _RecordingFailed(Exception):
@@ -132,9 +160,12 @@ class PhaseRun:
     """One :meth:`Dispatcher.run`: the batches of a phase, their settling and the first failure."""
 
     def __init__(self, dispatcher: Dispatcher, phase: str, batches: Iterable[tuple[int, np.ndarray]], total: int,
-                 on_records: Callable[[Sequence[QueryRecord]], None], hold: Optional[Hold]):
+                 on_records: Callable[[Sequence[QueryRecord]], None], hold: Optional[Hold],
+                 stats: Optional[AttemptStats] = None):
         self.dispatcher, self.phase, self.batches, self.on_records, self.hold = dispatcher, phase, batches, on_records, hold
-        self.bar = progress_bar(dispatcher.progress, total, phase)
+        self.stats = dispatcher.stats if stats is None else stats
+        # a run's bar (a listener) shows the progress of the whole run: no bar per phase then
+        self.bar = progress_bar(False if dispatcher._listeners else dispatcher.progress, total, phase)
         self.abort = threading.Event()
         self.failures: list[BaseException] = []
         self._iterator = iter(batches)
@@ -167,6 +198,11 @@ class PhaseRun:
             return
         if self.bar is not None:
             self.bar.update(len(records))
+        for listener in self.dispatcher._listeners:
+            try:
+                listener(records)
+            except Exception:  # a display must never fail the run
+                logger.debug("a progress listener failed", exc_info=True)
 
     def _settle(self, outcome: Callable[[], list[QueryRecord]], images: np.ndarray) -> None:
         try:
@@ -192,7 +228,8 @@ class PhaseRun:
             if item is None:
                 break
             start, images = item
-            self._settle(lambda: dispatcher._query_serially(self.phase, start, images, self.abort, self.hold), images)
+            self._settle(lambda: dispatcher._query_serially(self.phase, start, images, self.abort, self.hold,
+                                                            self.stats), images)
             item = images = None  # the batch's memory can go before the next one is made
 
     def _send_concurrently(self) -> None:
@@ -216,7 +253,8 @@ class PhaseRun:
                 if item is None:
                     break
                 start, images = item
-                future = executor.submit(dispatcher.query_batch, self.phase, start, images, self.abort, self.hold)
+                future = executor.submit(dispatcher.query_batch, self.phase, start, images, self.abort, self.hold,
+                                         self.stats)
                 in_flight[future] = images
                 item = images = None  # only in_flight holds the batch now
             while in_flight:

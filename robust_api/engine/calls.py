@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..dispatch.progress import AttemptStats
 from ..errors import ProviderResponseError
 from ..images import image_digest
 from ..noise import NoiseSampler
@@ -62,6 +63,8 @@ class Call:
         self.image = image
         self.queries = 0
         self.hold = hold
+        # this call's retries and throttled answers (also counted in the dispatcher's totals)
+        self.stats = AttemptStats(parent=engine.dispatcher.stats)
         self._closed = False
 
     @classmethod
@@ -115,7 +118,7 @@ class Call:
                     records.update((r.sample_index, r) for r in batch_records)
 
                 batches = NoisyBatches(self.engine, header, self.image, phase, missing)
-                self.engine.dispatcher.run(phase, batches, len(missing), record, self.hold)
+                self.engine.dispatcher.run(phase, batches, len(missing), record, self.hold, self.stats)
         result = [records[i] for i in range(start, stop)]
         self.queries += sum(not r.reused for r in result)
         return result
@@ -147,6 +150,9 @@ class Call:
             self._closed = True
             self.engine.budget.release(self.hold)
             self.engine.log.finish_call(self.header.run_id, status)
+            if self.stats:  # one line per call, at INFO, when the provider needed retries
+                logger.info("%s call %s (%s): %s", self.header.kind, self.header.run_id[:12],
+                            self.engine.provider.identity, AttemptStats.describe(*self.stats.snapshot()))
 
     def logs(self) -> CallLog:
         """The call as the log holds it: what every result is computed from."""

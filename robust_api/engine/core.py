@@ -149,19 +149,23 @@ class Engine:
             self.budget.release(hold)
             raise
 
-    def predict(self, image: np.ndarray, N: int, noise_sd: float, alpha: float, seed: Optional[int]) -> Prediction:
-        """PREDICT on a checked canonical image with checked N, σ (0: clean queries) and α."""
+    def predict(self, image: np.ndarray, N: int, noise_sd: float, alpha: float, seed: Optional[int],
+                info: Optional[dict] = None) -> Prediction:
+        """PREDICT on a checked canonical image with checked N, σ (0: clean queries) and α;
+        ``info`` (the image's name and tag, checked) is recorded in the call's params."""
         phase = "clean" if noise_sd == 0 else "predict"
         hold = self.budget.hold(N, self.provider.cost_per_query_usd, f"predict with N={N}")
-        call = self.open_call(image, "predict", noise_sd, seed, {"N": N, "alpha": alpha}, hold)
+        call = self.open_call(image, "predict", noise_sd, seed, {"N": N, "alpha": alpha, **(info or {})}, hold)
         with call:
             call.query(phase, 0, N)
         return predict_from_log(call.logs(), N=N, alpha=alpha, queries=call.queries, offline=False)
 
-    def certify(self, image: np.ndarray, settings: CertifySettings, seed: Optional[int], hold) -> Certificate:
+    def certify(self, image: np.ndarray, settings: CertifySettings, seed: Optional[int], hold,
+                info: Optional[dict] = None) -> Certificate:
         """CERTIFY on a checked canonical image, with ``hold`` from :meth:`hold_for` (given back
-        when the call cannot be opened): fill the log, then certify from it."""
-        call = self.open_call(image, "certify", settings.noise_sd, seed, settings.params(), hold)
+        when the call cannot be opened): fill the log, then certify from it. ``info`` (the
+        image's name and tag, checked) is recorded in the call's params."""
+        call = self.open_call(image, "certify", settings.noise_sd, seed, {**settings.params(), **(info or {})}, hold)
         with call:
             guess = self.select(call, settings)
             if guess is None:

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..dispatch.progress import RunProgress
 from ..errors import InvalidParameterError
 from ..offline import CertifySettings, certify_from_log
 from ..results import Certificate
@@ -19,44 +20,65 @@ __all__ = ["certify_many", "certify_batch", "check_batch_budget"]
 
 
 def certify_many(engine: Engine, images: list[np.ndarray], settings: CertifySettings, seed: Optional[int],
-                 parallel: Optional[int]) -> list[Certificate]:
+                 parallel: Optional[int], infos: Optional[list] = None) -> list[Certificate]:
     """Certify checked canonical images, ``parallel`` at a time (default: the dispatcher's
     concurrency), each exactly as one certify call. Every image's start (fixed-N: all its
     queries; sequential: selection and first look) is held from the caps before any query,
     so early images cannot starve later ones. Once an image fails, no further image starts
     (whichever thread is free next); the first error is raised once the images in progress
-    have finished."""
+    have finished. ``infos``: per image, what its call records besides (name, tag). One
+    :class:`~robust_api.dispatch.progress.RunProgress` bar shows the whole run (the engine's
+    ``progress`` option decides whether it is drawn)."""
+    infos = infos or [None] * len(images)
     holds = []
     try:
         for _ in images:
             holds.append(engine.hold_for(settings, len(images)))
         workers = min(len(images), parallel or engine.dispatcher.concurrency)
-        if workers <= 1:
-            return [engine.certify(image, settings, seed, hold) for image, hold in zip(images, holds)]
-        failed = threading.Event()
+        # one bar for the whole run (images, queries, dollars, time left), none per phase
+        progress = RunProgress(len(images), description="certify_many", show=engine.options.progress)
+        progress.watch(engine.dispatcher)
+        with progress:
+            if workers <= 1:
+                return [_certify_counted(engine, progress, image, settings, seed, hold, info)
+                        for image, hold, info in zip(images, holds, infos)]
+            failed = threading.Event()
 
-        def certify_one(image: np.ndarray, hold) -> Optional[Certificate]:
-            if failed.is_set():
-                return None  # another image failed: this one is not started
-            try:
-                return engine.certify(image, settings, seed, hold)
-            except BaseException:
-                failed.set()
-                raise
+            def certify_one(image: np.ndarray, hold, info) -> Optional[Certificate]:
+                if failed.is_set():
+                    return None  # another image failed: this one is not started
+                try:
+                    return _certify_counted(engine, progress, image, settings, seed, hold, info)
+                except BaseException:
+                    failed.set()
+                    raise
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robust-api-image") as pool:
-            futures = [pool.submit(certify_one, image, hold) for image, hold in zip(images, holds)]
-            wait(futures, return_when=FIRST_EXCEPTION)
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robust-api-image") as pool:
+                futures = [pool.submit(certify_one, image, hold, info)
+                           for image, hold, info in zip(images, holds, infos)]
+                wait(futures, return_when=FIRST_EXCEPTION)
+                for future in futures:
+                    future.cancel()
             for future in futures:
-                future.cancel()
-        for future in futures:
-            if not future.cancelled() and future.exception() is not None:
-                raise future.exception()
-        return [future.result() for future in futures]
+                if not future.cancelled() and future.exception() is not None:
+                    raise future.exception()
+            return [future.result() for future in futures]
     finally:
         # what no call used goes back (a finished call already gave back the rest of its hold)
         for hold in holds:
             engine.budget.release(hold)
+
+
+def _certify_counted(engine: Engine, progress: RunProgress, image: np.ndarray, settings: CertifySettings,
+                     seed: Optional[int], hold, info) -> Certificate:
+    """One image of :func:`certify_many`, counted on the run's progress bar once it is done."""
+    try:
+        certificate = engine.certify(image, settings, seed, hold, info)
+    except BaseException:
+        progress.image_done(failed=True)
+        raise
+    progress.image_done()
+    return certificate
 
 
 def check_batch_budget(settings: CertifySettings, images: int, total_queries: int) -> None:
@@ -73,7 +95,7 @@ def check_batch_budget(settings: CertifySettings, images: int, total_queries: in
 
 
 def certify_batch(engine: Engine, images: list[np.ndarray], settings: CertifySettings, seed: Optional[int],
-                  total_queries: int) -> list[Certificate]:
+                  total_queries: int, infos: Optional[list] = None) -> list[Certificate]:
     """Certify checked canonical images sequentially under one shared budget of
     ``total_queries``: every image gets its selection and first look, then each next look
     goes to the image whose radius is expected to grow most per query (see
@@ -90,7 +112,9 @@ def certify_batch(engine: Engine, images: list[np.ndarray], settings: CertifySet
     # refused before any query when the caps cannot take every selection and first look
     engine.budget.release(engine.budget.hold(per_image * len(images), engine.provider.cost_per_query_usd,
                                              "certify_batch's selections and first looks"))
-    calls = [engine.open_call(image, "certify", settings.noise_sd, seed, params) for image in images]
+    infos = infos or [None] * len(images)
+    calls = [engine.open_call(image, "certify", settings.noise_sd, seed, {**params, **(info or {})})
+             for image, info in zip(images, infos)]
     spent = 0
     try:
         active = []

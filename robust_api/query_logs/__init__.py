@@ -2,7 +2,7 @@
 
 from .exchange import export_jsonl, export_parquet, import_jsonl, import_parquet, open_log
 from .records import FORMAT_VERSION, CallHeader, CallLog, QueryRecord
-from .store import MemoryQueryLog, QueryLog, SQLiteQueryLog, open_store, resolve_log_path
+from .store import MemoryQueryLog, QueryLog, SQLiteQueryLog, default_log_path, open_store, resolve_log_path
 
 __all__ = [
     "FORMAT_VERSION",
@@ -15,6 +15,7 @@ __all__ = [
     "open_log",
     "open_store",
     "resolve_log_path",
+    "default_log_path",
     "export_jsonl",
     "import_jsonl",
     "export_parquet",

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import (
-    InvalidParameterError, LogAccessError, LogIntegrityError, LogMismatchError, NotAQueryLogError, ProviderResponseError,
+    InvalidInputError, InvalidParameterError, LogAccessError, LogIntegrityError, LogMismatchError, NotAQueryLogError, ProviderResponseError,
     UnsafePickleError,
 )
 from ..pricing import price_per_query
@@ -58,6 +58,7 @@ __all__ = [
     "MAX_TSV_BYTES",
     "LegacyTSVRow",
     "RestrictedUnpickler",
+    "call_from_answers",
     "import_legacy",
     "legacy_label",
     "load_legacy_pickle",
@@ -484,6 +485,8 @@ def load_legacy_pickle(path: PathLike, *, max_bytes: int = MAX_PICKLE_BYTES) -> 
         ``{"ground_truth": [clean_response], "pred": [noisy_response, ...]}`` as fresh plain
         data: exactly one clean response, a list of noisy ones (possibly empty); responses are
         nested dict / OrderedDict / list / tuple / str / bytes / int / float / bool / None.
+        robust_api's own pickles read the same: a pickled CallLog is that list of answers, and
+        a pickled result (a dict with "logs") gives its "logs".
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -502,7 +505,7 @@ def load_legacy_pickle(path: PathLike, *, max_bytes: int = MAX_PICKLE_BYTES) -> 
     """
     path = Path(path)
     data, _, _ = _read_pickle(path, max_bytes)
-    return data
+    return {"ground_truth": data["ground_truth"], "pred": data["pred"]}
 
 
 def _file_kind(mode: int) -> Optional[str]:
@@ -586,7 +589,7 @@ def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes, float]:
             f"{path}: not a predecessor query log: expected exactly the keys 'ground_truth' and 'pred'"
             + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else "")
         )
-    clean, noisy = data["ground_truth"], data["pred"]
+    (clean, _), (noisy, noisy_meta) = _answers_of(data["ground_truth"]), _answers_of(data["pred"])
     if type(clean) not in (list, tuple) or len(clean) != 1:
         got = f"{len(clean)} items" if type(clean) in (list, tuple) else f"a {type(clean).__name__}"
         raise NotAQueryLogError(
@@ -597,7 +600,15 @@ def _read_pickle(path: Path, max_bytes: int) -> tuple[dict, bytes, float]:
         raise NotAQueryLogError(
             f"{path}: not a predecessor query log: 'pred' must be a list of responses, got a {type(noisy).__name__}"
         )
-    return {"ground_truth": list(clean), "pred": list(noisy)}, blob, info.st_mtime
+    return {"ground_truth": list(clean), "pred": list(noisy), "pred_result": noisy_meta}, blob, info.st_mtime
+
+
+def _answers_of(value: Any) -> tuple[Any, dict]:
+    """A pickled robust_api result (a dict with "logs", from ``pickle.dump(result)``) gives its
+    answers and the rest of the dict; the predecessor's list of answers stays as it is."""
+    if isinstance(value, dict) and type(value.get("logs")) in (list, tuple) and "kind" in value:
+        return value["logs"], value
+    return value, {}
 
 
 # --------------------------------------------------------------------------------------
@@ -608,7 +619,7 @@ class _ShapeError(Exception):
 
 
 def _first_dict(response: Any) -> dict:
-    if type(response) not in (list, tuple):
+    if not isinstance(response, (list, tuple)):
         raise _ShapeError(f"got a {type(response).__name__}")
     first = response[0]
     if not isinstance(first, dict):
@@ -629,7 +640,7 @@ def _clarifai_label(response: Any) -> str:
     if not isinstance(response, dict):
         raise _ShapeError(f"got a {type(response).__name__}")
     outputs = response.get("outputs")
-    if type(outputs) not in (list, tuple) or not outputs:
+    if not isinstance(outputs, (list, tuple)) or not outputs:
         raise _ShapeError("it has no non-empty 'outputs' list")
     first = outputs[0]
     if not isinstance(first, dict):
@@ -642,7 +653,7 @@ def _clarifai_label(response: Any) -> str:
     concepts = data.get("concepts")
     if not concepts:
         return NO_LABEL
-    if type(concepts) not in (list, tuple) or not isinstance(concepts[0], dict):
+    if not isinstance(concepts, (list, tuple)) or not isinstance(concepts[0], dict):
         raise _ShapeError("outputs[0]['data']['concepts'] is not a list of dicts")
     return _name(concepts[0], "name")
 
@@ -778,30 +789,112 @@ class _Settings:
     denoiser: Optional[str]
 
 
+def _answer_record(api: str, phase: str, index: int, response: Any, where: str, cost: float,
+                   stamp: float) -> QueryRecord:
+    """One predecessor answer as a record: its label (the predecessor's rule) and the answer as JSON."""
+    try:
+        label = _label(api, response)
+        raw = _jsonable(response)
+        dumps_raw(raw)  # storable as JSON: checked before anything is written
+    except ProviderResponseError as exc:
+        raise NotAQueryLogError(f"{where} cannot be stored as JSON ({exc})") from None
+    except _ShapeError as exc:
+        raise NotAQueryLogError(
+            f"{where} is not {_EXPECTED_SHAPE[api]} ({exc}); were these answers from another API? "
+            f"Check --api/api= (got {api!r}; one of {', '.join(LEGACY_APIS)})"
+        ) from None
+    return QueryRecord(phase, index, label, raw, 0.0, cost, stamp, None, False)
+
+
+def _check_enough(noisy: Sequence[Any], N0: int, where: str) -> None:
+    if len(noisy) <= N0:
+        raise LogMismatchError(
+            f"{where} holds {len(noisy)} noisy responses, but N0={N0} selection samples need at least {N0 + 1} "
+            f"(N0 + at least one estimation sample); pass the N0 the predecessor used (its default was 20)"
+        )
+
+
+def _noisy_records(api: str, noisy: Sequence[Any], N0: int, where: str, cost: float, stamp: float) -> tuple:
+    return tuple(
+        _answer_record(api, "selection" if i < N0 else "estimation", i if i < N0 else i - N0, noisy[i],
+                       f"{where}[{i}]", cost, stamp)
+        for i in range(len(noisy))
+    )
+
+
+def call_from_answers(api: str, answers: Sequence[Any], noise_sd: Optional[float] = None, N0: int = 20,
+                      alpha: float = 0.001, kind: str = "certify") -> CallLog:
+    """An in-memory call from a list of the predecessor's answers (the list its ``predict`` or
+    ``certify`` returned as logs, or a pickled robust_api CallLog, which is that list).
+
+    Args:
+        api: "azure", "google", "aws" or "clarifai": the shape of the answers.
+        answers: the answers, in the order they were made.
+        noise_sd: σ the answers were drawn with: required for ``kind="certify"`` (in (0, 1]);
+            for ``kind="predict"`` None or 0 reads them as clean answers.
+        N0: certify: the first N0 answers chose the class, the rest are estimation samples.
+        alpha: α recorded with the call.
+        kind: "certify" or "predict".
+
+    Returns:
+        A CallLog (provider ``"legacy:<api>"``, image digest = SHA-256 of the answers as JSON,
+        seed 0 with ``params["seed"] == "unrecorded"``), to pass to offline predict/certify.
+
+    Raises:
+        InvalidParameterError: unknown api, bad noise_sd / N0 / alpha.
+        NotAQueryLogError: an answer without ``api``'s shape.
+        LogMismatchError: certify with N0 or fewer answers.
+    """
+    api = _check_api(api)
+    alpha = check_alpha(alpha)
+    if type(answers) not in (list, tuple):
+        raise InvalidInputError(f"answers must be a list of the predecessor's answers, got {type(answers).__name__}")
+    cost, stamp = price_per_query(api), 0.0
+    if kind == "predict":
+        noise = 0.0 if noise_sd is None else check_noise_sd(noise_sd, allow_zero=True)
+        phase = "clean" if noise == 0 else "predict"
+        records = tuple(_answer_record(api, phase, i, answer, f"answers[{i}]", cost, stamp)
+                        for i, answer in enumerate(answers))
+        params: dict = {"N": len(records), "alpha": alpha}
+    else:
+        if noise_sd is None:
+            raise InvalidParameterError("noise_sd is required to certify from a list of answers (they do not record it)")
+        noise = check_noise_sd(noise_sd, allow_zero=False)
+        N0 = check_sample_count(N0, "N0")
+        _check_enough(answers, N0, "the list")
+        records = _noisy_records(api, answers, N0, "answers", cost, stamp)
+        params = {"method": "cohen", "selection": "noise", "N0": N0, "N": len(answers) - N0, "alpha": alpha}
+    blob = json.dumps([record.raw for record in records], sort_keys=True).encode()
+    digest = hashlib.sha256(blob).hexdigest()
+    header = CallHeader(
+        run_id=_run_id(digest, kind), kind=kind, image_digest=digest, image_shape=(), provider=f"legacy:{api}",
+        model_version=None, denoiser_id=None, denoiser_digest=None, noise_sd=noise, seed=0,
+        params={**params, "imported_from": LEGACY_SOURCE, "legacy_api": api, "seed": "unrecorded"}, created=stamp,
+    )
+    return CallLog(header, records, "complete")
+
+
+def _check_result_settings(path: Path, result: dict, settings: _Settings) -> None:
+    """A pickled robust_api certificate says its σ and N₀: they must be the ones imported with."""
+    for name, logged, given in (("noise_sd", result.get("noise_sd"), settings.noise_sd),
+                                ("N0", result.get("N0"), settings.N0)):
+        if logged is not None and logged != given:
+            raise LogMismatchError(
+                f"{path}: the pickled certificate was made with {name}={logged!r}, not {given!r}; "
+                f"import it with --{name.replace('_', '-')} {logged}"
+            )
+
+
 def _calls_of_file(path: Path, settings: _Settings) -> list[CallLog]:
     data, blob, stamp = _read_pickle(path, MAX_PICKLE_BYTES)
     clean, noisy = data["ground_truth"], data["pred"]
     N0 = settings.N0
-    if len(noisy) <= N0:
-        raise LogMismatchError(
-            f"{path} holds {len(noisy)} noisy responses, but N0={N0} selection samples need at least {N0 + 1} "
-            f"(N0 + at least one estimation sample); pass the N0 the predecessor used (its default was 20)"
-        )
+    _check_enough(noisy, N0, str(path))
+    _check_result_settings(path, data["pred_result"], settings)
     api = settings.api
 
     def record(phase: str, index: int, response: Any, where: str) -> QueryRecord:
-        try:
-            label = _label(api, response)
-            raw = _jsonable(response)
-            dumps_raw(raw)  # storable as JSON: checked before anything is written
-        except ProviderResponseError as exc:
-            raise NotAQueryLogError(f"{path}: {where} cannot be stored as JSON ({exc})") from None
-        except _ShapeError as exc:
-            raise NotAQueryLogError(
-                f"{path}: {where} is not {_EXPECTED_SHAPE[api]} ({exc}); were these answers from another API? "
-                f"Check --api/api= (got {api!r}; one of {', '.join(LEGACY_APIS)})"
-            ) from None
-        return QueryRecord(phase, index, label, raw, 0.0, cost, stamp, None, False)
+        return _answer_record(api, phase, index, response, f"{path}: {where}", cost, stamp)
 
     digest = hashlib.sha256(blob).hexdigest()
     cost = price_per_query(api)
@@ -824,10 +917,7 @@ def _calls_of_file(path: Path, settings: _Settings) -> list[CallLog]:
 
     clean_records = (record("clean", 0, clean[0], "ground_truth[0]"),)
     n = len(noisy) - N0
-    noisy_records = tuple(
-        record("selection", i, noisy[i], f"pred[{i}]") if i < N0 else record("estimation", i - N0, noisy[i], f"pred[{i}]")
-        for i in range(len(noisy))
-    )
+    noisy_records = _noisy_records(api, noisy, N0, f"{path}: pred", cost, stamp)
     predict_params = {"N": 1, "alpha": settings.alpha, **common}
     certify_params = {"method": "cohen", "selection": "noise", "N0": N0, "N": n, "alpha": settings.alpha, **common}
     return [

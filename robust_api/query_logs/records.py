@@ -146,6 +146,21 @@ class CallHeader:
     created: float = 0.0
 
     @property
+    def image_name(self) -> Optional[str]:
+        """The image's name as the call recorded it (``params["image_name"]``: the file name of
+        a path, or ``name=`` given to predict/certify), None when it has none (an array given
+        without a name, a call logged before names were recorded). Informational only: two
+        calls are about the same image when their ``image_digest`` agree, whatever their names."""
+        value = self.params.get("image_name") if isinstance(self.params, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def tag(self) -> Optional[str]:
+        """Free text the user attached to the call (``tag=`` of predict/certify), or None."""
+        value = self.params.get("tag") if isinstance(self.params, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
     def preprocessing(self) -> str:
         """How the noisy copies were prepared: :data:`PREPROCESSING_UNCLIPPED` or
         :data:`PREPROCESSING_CLIPPED` (also for calls logged before ``params`` had the entry).
@@ -162,9 +177,17 @@ class CallLog(Sequence):
     in the order of ``robust_api.noise.PHASES``, then sample index), whatever the order in
     which concurrent batches were committed.
 
-    Behaves as a sequence of :class:`QueryRecord` (``len(logs)``, ``logs[i]``, iteration),
-    like the predecessor's list of responses, and is the first argument of the offline
-    ``RobustAPI.predict`` / ``RobustAPI.certify``.
+    Behaves as the predecessor's list of responses (``len(logs)``, ``logs[i]``, slices,
+    iteration): ``logs[i]`` is query i's answer in the shape the predecessor gave for that
+    provider (google: label → score; azure/aws: a list of label dicts; clarifai:
+    ``{"outputs": ...}``), with the :class:`QueryRecord`'s fields as attributes
+    (``logs[i].phase``, ``logs[i].label``, ``logs[i].record``; see
+    :mod:`robust_api.query_logs.answers`). ``records`` holds the QueryRecords themselves.
+    It is the first argument of the offline ``RobustAPI.predict`` / ``RobustAPI.certify``.
+
+    Pickled, a CallLog is a plain ``list`` of those answers (dicts and lists only): readable
+    without robust_api, the data the predecessor pickled, and what ``import_legacy`` reads.
+    The query log keeps everything else (phases, seeds, noise, costs).
 
     Attributes:
         header: the :class:`CallHeader`.
@@ -180,7 +203,28 @@ class CallLog(Sequence):
         return len(self.records)
 
     def __getitem__(self, index):  # type: ignore[override]
-        return self.records[index]
+        from .answers import answer_of
+
+        provider = self.header.provider
+        if isinstance(index, slice):
+            return [answer_of(record, provider) for record in self.records[index]]
+        return answer_of(self.records[index], provider)
+
+    def __iter__(self):
+        from .answers import answer_of
+
+        provider = self.header.provider
+        return (answer_of(record, provider) for record in self.records)
+
+    def __reduce__(self):
+        # plain data: the predecessor's list of answers (see the class docstring)
+        return (list, ([_plain_answer(answer) for answer in self],))
+
+    def __copy__(self) -> "CallLog":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "CallLog":
+        return self  # immutable: a copy would only cost time (a call can hold 100,000 records)
 
     def __getattr__(self, name: str) -> Any:
         # header fields (run_id, noise_sd, seed, ...) read directly from the call log
@@ -219,6 +263,16 @@ class CallLog(Sequence):
     def with_records(self, records: Sequence[QueryRecord]) -> "CallLog":
         """A copy with other records (used by importers)."""
         return replace(self, records=tuple(records))
+
+
+def _plain_answer(answer: Any) -> Any:
+    """An answer of ``CallLog[i]`` as a plain builtin (a record without a shaped answer: its raw)."""
+    if isinstance(answer, QueryRecord):
+        return answer.raw if answer.error is None else None
+    for plain in (dict, list, str):
+        if isinstance(answer, plain):
+            return plain(answer)
+    return answer
 
 
 @dataclass(frozen=True)

@@ -42,20 +42,33 @@ from .records import (
     header_from_values, preprocessing_of, record_from_values, record_order, summarize_call,
 )
 
-__all__ = ["QueryLog", "SQLiteQueryLog", "MemoryQueryLog", "DEFAULT_LOG_DIR", "DEFAULT_LOG_FILENAME", "resolve_log_path"]
+__all__ = [
+    "QueryLog", "SQLiteQueryLog", "MemoryQueryLog", "DEFAULT_LOG_DIR", "DEFAULT_LOG_FILENAME", "resolve_log_path",
+    "default_log_path",
+]
 
+#: The folder of the default log, under the data directory (:func:`robust_api.paths.data_dir`).
 DEFAULT_LOG_DIR = "query_logs"
 DEFAULT_LOG_FILENAME = "queries.sqlite3"
+
+
+def default_log_path() -> Path:
+    """The default query log: ``<data directory>/query_logs/queries.sqlite3``, where the data
+    directory is ``$ROBUST_API_HOME`` or the user's data folder (see :func:`robust_api.paths.data_dir`)."""
+    from ..paths import data_dir
+
+    return data_dir() / DEFAULT_LOG_DIR / DEFAULT_LOG_FILENAME
 
 
 def resolve_log_path(log: Union[str, os.PathLike, None]) -> Path:
     """Where a log given as a folder or a file lives: a folder gets ``queries.sqlite3`` inside.
 
-    ``None`` means the folder ``./query_logs/``. A path that exists as a folder, ends with a
-    separator, or has no suffix is a folder; anything else is the SQLite file itself.
+    ``None`` means :func:`default_log_path` (in the user's data directory). A path that exists
+    as a folder, ends with a separator, or has no suffix is a folder; anything else is the
+    SQLite file itself.
     """
     if log is None:
-        return Path(DEFAULT_LOG_DIR) / DEFAULT_LOG_FILENAME
+        return default_log_path()
     text = os.fspath(log)
     path = Path(text)
     if path.is_dir() or text.endswith(("/", os.sep)) or (not path.exists() and path.suffix == ""):
@@ -534,7 +547,8 @@ class SQLiteQueryLog(QueryLog):
 
 
 def open_store(log: Union[str, os.PathLike, QueryLog, None, bool]) -> QueryLog:
-    """The store behind ``RobustAPI(log=...)``: None → ./query_logs/, False → memory, a path, or a store."""
+    """The store behind ``RobustAPI(log=...)``: None → :func:`default_log_path` (the user's data
+    directory), False → memory, a path, or a store."""
     if isinstance(log, QueryLog):
         return log
     if log is False:
@@ -543,6 +557,7 @@ def open_store(log: Union[str, os.PathLike, QueryLog, None, bool]) -> QueryLog:
         log = None
     if log is not None and not isinstance(log, (str, os.PathLike)):
         raise InvalidParameterError(
-            f"log must be a path, a folder, a QueryLog, None (./query_logs/) or False (memory only); got {type(log).__name__}"
+            f"log must be a path, a folder, a QueryLog, None (the default log in the user's data directory) or "
+            f"False (memory only); got {type(log).__name__}"
         )
     return SQLiteQueryLog(resolve_log_path(log))

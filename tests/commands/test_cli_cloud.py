@@ -45,7 +45,7 @@ def test_emulate_prints_the_endpoint_and_certify_uses_it(emulator, tmp_path, cap
     status = main([
         "certify", IMAGE, "--provider", "google", "--endpoint", endpoint, "--noise-sd", "0.25", "--N0", "10",
         "--denoiser", "fashion-mnist-dncnn-0.25",
-        "--N", "40", "--seed", "0", "--log", str(tmp_path / "log.sqlite3"), "--json", "--no-progress",
+        "--N", "40", "--seed", "0", "--log", str(tmp_path / "log.sqlite3"), "--format", "json", "--no-progress",
         "--attempts", "12",
     ])
     assert status == 0
@@ -64,7 +64,7 @@ def test_certify_refuses_a_call_over_the_cap(emulator, tmp_path, capsys):
         "certify", IMAGE, "--provider", "google", "--endpoint", endpoint, "--noise-sd", "0.25", "--N0", "20",
         "--N", "100", "--max-queries", "50", "--log", str(tmp_path / "log.sqlite3"),
     ])
-    assert status == 2
+    assert status == 4  # the budget cap: exit status 4
     err = capsys.readouterr().err
     assert "max_queries=50" in err and "120 queries" in err
 
@@ -77,7 +77,7 @@ def test_missing_credentials_are_a_clear_cli_error(tmp_path, capsys, monkeypatch
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     status = main(["certify", IMAGE, "--provider", "aws", "--noise-sd", "0.25", "--log", str(tmp_path / "l.sqlite3")])
-    assert status == 2
+    assert status == 3  # credentials: exit status 3
     assert "AWS_ACCESS_KEY_ID" in capsys.readouterr().err
 
 

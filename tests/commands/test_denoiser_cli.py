@@ -78,7 +78,7 @@ def test_eval_denoiser_prints_psnr_accuracy_and_certified_accuracy(trained, caps
 def test_certify_with_a_denoiser_file(trained, tmp_path, capsys):
     image = REPO / "examples" / "images" / "fmnist_test_00002_trouser.png"
     status = main(["certify", str(image), "--denoiser", str(trained.path), "--noise-sd", "0.25", "--N0", "5",
-                   "--N", "20", "--seed", "0", "--log", str(tmp_path / "log"), "--json", "--no-clean"])
+                   "--N", "20", "--seed", "0", "--log", str(tmp_path / "log"), "--format", "json", "--no-clean"])
     assert status == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["N"] == 20 and rows[0]["queries"] == 25

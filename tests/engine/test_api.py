@@ -58,7 +58,8 @@ def test_abstain_is_a_sentinel(image):
     api = RobustAPI(lambda b: ["A" if i % 2 else "B" for i in range(len(b))], log=False, seed=1)
     cert = api.certify(image, noise_sd=0.25, N0=10, N=100)
     assert cert.label is ABSTAIN and cert.radius == 0.0 and cert.abstained
-    assert ABSTAIN != "ABSTAIN" and ABSTAIN != -1 and repr(ABSTAIN) == "ABSTAIN"
+    assert ABSTAIN != "ABSTAIN" and ABSTAIN != "-1" and repr(ABSTAIN) == "ABSTAIN"
+    assert ABSTAIN == -1 and cert.label == -1  # the predecessor's `top_class == -1`
     assert copy.deepcopy(ABSTAIN) is ABSTAIN
     assert api.predict(image, N=100, noise_sd=0.25).label is ABSTAIN
 

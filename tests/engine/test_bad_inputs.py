@@ -37,7 +37,7 @@ from robust_api import (
 # -- test doubles ----------------------------------------------------------------------------
 
 
-from doubles import Counting, halfspace_label  # noqa: E402
+from doubles import Counting  # noqa: E402
 
 
 class Flaky(Counting):
@@ -111,7 +111,7 @@ BAD_IMAGES = {
     "list": ([[0.1, 0.2], [0.3, 0.4]], ["expected a NumPy array, a PIL image or a path", "list"]),
     "dict": ({"pixels": [0.1]}, ["expected a NumPy array, a PIL image or a path", "dict"]),
     "none": (None, "expected a NumPy array"),
-    "bytes": (b"\x89PNG", "expected a NumPy array"),
+    "bytes": (b"\x89PNG", ["cannot decode the 4 image bytes", "PNG, JPEG"]),
     "scalar_0d": (np.asarray(0.5, dtype=np.float32), "must be [H, W] or [H, W, C]"),
     "1d": (np.zeros(8, np.float32), ["must be [H, W] or [H, W, C]", "(8,)"]),
     "4d_batch": (np.zeros((2, 8, 8, 1), np.float32), ["4-D", "one image [H, W, C] at a time"]),
@@ -119,8 +119,8 @@ BAD_IMAGES = {
     "2_channels": (np.zeros((8, 8, 2), np.float32), ["1 or 3 channels", "got 2"]),
     "4_channels": (np.zeros((8, 8, 4), np.float32), ["4 channels", "img[..., :3]"]),
     "5_channels": (np.zeros((8, 8, 5), np.float32), "1 or 3 channels"),
-    "channels_first_rgb": (np.zeros((3, 8, 8), np.float32), ["channels-first", "np.transpose(img, (1, 2, 0))"]),
-    "channels_first_gray": (np.zeros((1, 8, 8), np.float32), "channels-first"),
+    "channels_first_rgba": (np.zeros((4, 8, 8), np.float32), ["channels-first", "4 channels", "img[:3]"]),
+    "channels_first_2": (np.zeros((2, 8, 9), np.float32), ["1 or 3 channels", "[C, H, W]"]),
     "empty_0xN": (np.zeros((0, 8), np.float32), "empty"),
     "empty_Nx0": (np.zeros((8, 0), np.uint8), "empty"),
     "empty_rgb": (np.zeros((0, 8, 3), np.float32), "empty"),
@@ -160,10 +160,12 @@ def test_bad_float_hint_only_when_values_look_like_0_255(api, counting):
     assert "divide by 255" not in str(excinfo.value)
 
 
-def test_torch_tensor_rejected_with_conversion_hint(api, counting):
+def test_bad_torch_tensor_rejected_with_the_fix(api, counting):
+    """Tensors are images ([C, H, W] or [H, W, C]); a batch of several is refused before any query."""
+    tensor = _torch_tensor()
     with pytest.raises(InvalidImageError) as excinfo:
-        api.certify(_torch_tensor(), noise_sd=SIGMA)
-    assert_rejected(excinfo, InvalidImageError, ["Tensor", "tensor.permute(1, 2, 0).cpu().numpy()"], counting, api)
+        api.certify(tensor[None].expand(2, 8, 8, 3), noise_sd=SIGMA)
+    assert_rejected(excinfo, InvalidImageError, ["4-D tensor", "one image [H, W, C] at a time"], counting, api)
 
 
 def test_unsupported_pil_mode_rejected(api, counting):

@@ -24,7 +24,6 @@ import struct
 import subprocess
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -187,9 +186,9 @@ def _masked() -> np.ma.MaskedArray:
     return masked
 
 
-def _torch_tensor():
+def _torch_tensor(shape=(8, 8, 3), value=0.3):
     torch = pytest.importorskip("torch")
-    return torch.full((8, 8, 3), 0.3)
+    return torch.full(shape, value)
 
 
 ARRAYS: dict[str, tuple[Callable[[], Any], type]] = {
@@ -212,9 +211,9 @@ ARRAYS: dict[str, tuple[Callable[[], Any], type]] = {
     "negative-strides-out-of-range": (lambda: (GRAY * 4)[::-1, ::-1], InvalidImageError),
     "0-d": (lambda: np.asarray(0.5, np.float32), InvalidImageError),
     "1-d": (lambda: np.zeros(64, np.float32), InvalidImageError),
-    "4-d-batch": (lambda: GRAY[None], InvalidImageError),
+    "4-d-batch": (lambda: np.stack([GRAY, GRAY]), InvalidImageError),
     "5-d": (lambda: np.zeros((1, 1, 8, 8, 3), np.float32), InvalidImageError),
-    "channels-first": (lambda: np.ascontiguousarray(np.transpose(GRAY, (2, 0, 1))), InvalidImageError),
+    "channels-first-rgba": (lambda: np.full((4, 8, 8), 0.3, np.float32), InvalidImageError),
     "5-channels": (lambda: np.zeros((8, 8, 5), np.float32), InvalidImageError),
     "empty-0x8": (lambda: np.zeros((0, 8), np.float32), InvalidImageError),
     "as-strided-100000x100000": (
@@ -222,10 +221,12 @@ ARRAYS: dict[str, tuple[Callable[[], Any], type]] = {
     "as-strided-1x60000000": (lambda: as_strided(np.zeros(1, np.uint8), shape=(1, 60_000_000), strides=(0, 0)),
                               ImageTooLargeError),
     "masked-array-with-masked-pixel": (_masked, InvalidImageError),
-    "torch-tensor": (_torch_tensor, InvalidImageError),
+    "torch-tensor-out-of-range": (lambda: _torch_tensor((3, 8, 8), 1.5), InvalidImageError),
+    "torch-tensor-batch": (lambda: _torch_tensor((2, 3, 8, 8)), InvalidImageError),
     "nested-list": (lambda: GRAY.tolist(), InvalidImageError),
     "none": (lambda: None, InvalidImageError),
-    "bytes-of-a-png": (_good_png, InvalidImageError),
+    "bytes-of-a-cut-png": (lambda: _good_png()[:24], InvalidImageError),
+    "bytes-not-an-image": (lambda: b"\x89PNG\r\n\x1a\n" + bytes(range(256)), InvalidImageError),
     "dict": (lambda: {"pixels": GRAY}, InvalidImageError),
 }
 
@@ -270,6 +271,10 @@ ODD_BUT_VALID = {
     "fortran-order": lambda: np.asfortranarray(GRAY),
     "masked-array-nothing-masked": lambda: np.ma.masked_array(GRAY, mask=False),
     "read-only": lambda: np.frombuffer(GRAY.tobytes(), np.float32).reshape(GRAY.shape),
+    "batch-of-one": lambda: GRAY[None],
+    "channels-first": lambda: np.ascontiguousarray(np.transpose(GRAY, (2, 0, 1))),
+    "torch-tensor-channels-first": lambda: _torch_tensor((3, 8, 8)),
+    "torch-tensor-channels-last": lambda: _torch_tensor((8, 8, 3)),
 }
 
 

@@ -295,3 +295,142 @@ def test_unreadable_file_is_an_invalid_image_error(tmp_path):
             as_image(path)
     finally:
         path.chmod(0o600)
+
+
+# ------------------------------------------------- layouts, tensors and encoded bytes (issue 18)
+
+
+def _png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("picture", [RGB8, GRAY[:, :, None], (GRAY * 255).astype(np.uint8)[:, :, None]],
+                         ids=["rgb_uint8", "gray_float", "gray_uint8"])
+def test_channels_first_and_channels_last_give_the_same_image_and_digest(picture):
+    hwc = as_image(picture)
+    chw = np.transpose(picture, (2, 0, 1))  # a strided view, as np.transpose returns
+    for variant in (chw, np.ascontiguousarray(chw), chw[None], picture[None]):
+        out = as_image(variant)
+        assert out.shape == hwc.shape and out.flags.c_contiguous
+        assert np.array_equal(out, hwc) and image_digest(out) == image_digest(hwc)
+
+
+def test_the_layout_rule_for_ambiguous_and_channels_first_shapes(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="robust_api.images"):
+        assert as_image(np.zeros((3, 5, 3), np.uint8)).shape == (3, 5, 3)  # both fit: read as [H, W, C]
+    assert "could be [H, W, C] or [C, H, W]" in caplog.text
+    assert as_image(np.zeros((1, 5, 1), np.uint8)).shape == (1, 5, 1)
+    assert as_image(np.zeros((3, 5, 4), np.uint8)).shape == (5, 4, 3)  # first 3, last 4: channels first
+    assert as_image(np.zeros((1, 7, 5), np.uint8)).shape == (7, 5, 1)
+    assert as_image(np.zeros((1, 1, 7, 5), np.uint8)).shape == (7, 5, 1)  # batch of one, gray, channels first
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((2, 3, 8, 8), ["4-D array", "a batch of 2 images", "one image [H, W, C] at a time"]),
+    ((4, 8, 8), ["4 channels", "img[:3]"]),
+    ((8, 8, 4), ["4 channels", "img[..., :3]"]),
+    ((2, 8, 8), ["1 or 3 channels", "[C, H, W]"]),
+    ((1, 2, 3, 8, 8), ["must be [H, W] or [H, W, C]"]),
+])
+def test_shapes_that_are_not_one_image_are_refused_with_the_fix(shape, match):
+    with pytest.raises(InvalidImageError) as excinfo:
+        as_image(np.zeros(shape, np.float32))
+    for phrase in match:
+        assert phrase in str(excinfo.value), (phrase, str(excinfo.value))
+
+
+def test_torch_tensors_in_every_layout_give_the_arrays_image():
+    torch = pytest.importorskip("torch")
+    expected = as_image(RGB8)
+    chw = torch.from_numpy(RGB8).permute(2, 0, 1)  # uint8 [3, H, W], as torchvision reads images
+    scaled = chw.float() / 255
+    for tensor in (chw, chw.contiguous(), chw[None], torch.from_numpy(RGB8), scaled, scaled.requires_grad_()):
+        out = as_image(tensor)
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        assert np.array_equal(out, expected) and image_digest(out) == image_digest(expected)
+    assert image_digest(as_image(scaled.detach().double())) == image_digest(expected)
+    half = scaled.detach().bfloat16()  # NumPy has no bfloat16: widened exactly to float32
+    assert np.array_equal(as_image(half), half.float().permute(1, 2, 0).numpy())
+    gray = torch.rand(1, 9, 7)
+    assert np.array_equal(as_image(gray)[:, :, 0], gray[0].numpy())
+
+
+def test_torch_tensors_are_checked_like_arrays_and_before_any_copy():
+    torch = pytest.importorskip("torch")
+    for tensor, phrase in ((torch.zeros(2, 3, 8, 8), "a batch of 2 images"),
+                           (torch.full((3, 8, 8), 2.0), "must lie in [0, 1]"),
+                           (torch.zeros(8, 8, dtype=torch.int64), "unsupported dtype int64"),
+                           (torch.zeros(8, 8, 3).to_sparse(), "to_dense()")):
+        with pytest.raises(InvalidImageError, match=re.escape(phrase)):
+            as_image(tensor)
+    # the size comes from the shape: a meta tensor has no data to copy, and is refused by size first
+    with pytest.raises(ImageTooLargeError, match="10,000,000,000 pixels"):
+        as_image(torch.empty(3, 100_000, 100_000, device="meta"))
+    with pytest.raises(InvalidImageError, match="meta"):
+        as_image(torch.empty(3, 8, 8, device="meta"))
+
+
+def test_a_tensor_is_recognised_without_importing_torch():
+    """The check looks torch up in sys.modules only: without torch imported, no tensor can exist."""
+    import subprocess
+
+    code = ("import sys; from robust_api.images import _is_torch_tensor; import numpy as np; "
+            "assert not _is_torch_tensor(np.zeros(3)) and not _is_torch_tensor(b'x'); "
+            "assert 'torch' not in sys.modules; print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_api_certifies_a_torch_tensor_like_the_same_array(counting):
+    torch = pytest.importorskip("torch")
+    api, calls, _ = counting
+    from_array = api.certify(RGB8, noise_sd=0.25, N0=2, N=3)
+    from_tensor = api.certify(torch.from_numpy(RGB8).permute(2, 0, 1), noise_sd=0.25, N0=2, N=3)
+    assert from_tensor.logs.header.image_digest == from_array.logs.header.image_digest
+    assert from_tensor.queries == 0  # the same picture, seed and σ: every answer reused from the log
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview"])
+def test_encoded_png_bytes_are_the_files_image(kind, tmp_path):
+    data = _png_bytes(RGB8)
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    value = {"bytes": data, "bytearray": bytearray(data), "memoryview": memoryview(data)}[kind]
+    out = as_image(value)
+    assert np.array_equal(out, as_image(path)) and np.array_equal(out, as_image(RGB8))
+    assert as_image(_png_bytes((GRAY * 255).astype(np.uint8))).shape == (6, 8, 1)
+    assert as_image(_png_bytes(RGB8, "JPEG")).shape == (6, 8, 3)
+
+
+def test_encoded_bytes_are_size_checked_from_the_header():
+    from PIL import Image
+
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (300, 200)).save(buffer, format="PNG")
+    with pytest.raises(ImageTooLargeError, match="200×300 = 60,000 pixels"):
+        as_image(buffer.getvalue(), max_pixels=50_000)
+    assert as_image(buffer.getvalue(), max_pixels=50_000, downscale=True).shape[:2] == downscaled_size(200, 300, 50_000)
+
+
+def test_bad_bytes_are_refused_with_a_typed_error_before_any_query(counting, tmp_path):
+    api, calls, path = counting
+    data = _png_bytes(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    named = tmp_path / "named.png"
+    named.write_bytes(data)
+    for bad, phrase in ((b"", "empty"),
+                        (b"not an image at all", "cannot decode the 19 image bytes"),
+                        (data[: len(data) * 3 // 5], "truncated or corrupt"),  # the header is fine, the pixels not
+                        (bytes(range(256)) * 4, "np.frombuffer(data, np.uint8)"),
+                        (os.fsencode(named), "pass the path as a str or pathlib.Path"),
+                        (memoryview(np.zeros((4, 4), np.float32)), "np.asarray(view)")):
+        assert_refused(api, calls, path, bad, InvalidImageError, phrase)

@@ -1,4 +1,5 @@
-"""A non-editable install carries the shipped weights: they load by name from site-packages."""
+"""A non-editable install carries the shipped weights (they load by name from site-packages) and
+the example images the tutorial reads."""
 
 from __future__ import annotations
 
@@ -44,9 +45,11 @@ def test_shipped_weights_load_by_name_after_a_non_editable_install(tmp_path):
         "    x = torch.rand(2, d.image_channels, 28, 28)\n"
         "    shapes[name] = list(d(x).shape)\n"
         "from robust_api.models.imagenet import imagenet_class_names\n"
+        "from robust_api.datasets import example_images, example_labels\n"
         "classes = imagenet_class_names()\n"
+        "examples = [str(p) for p in example_images()] + [str(example_labels())]\n"
         "print(json.dumps({'file': robust_api.__file__, 'names': names, 'shapes': shapes,\n"
-        "                  'imagenet': [len(classes), classes[281]]}))\n"
+        "                  'imagenet': [len(classes), classes[281]], 'examples': examples}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
@@ -57,5 +60,7 @@ def test_shipped_weights_load_by_name_after_a_non_editable_install(tmp_path):
     assert Path(result["file"]).is_relative_to(target), "imported the source tree, not the installed copy"
     assert result["names"] == shipped
     assert result["imagenet"] == [1000, "tabby"], "the ImageNet class names (package data) are missing"
+    # the tutorial's example images and their labels (package data)
+    assert len(result["examples"]) == 31 and all(Path(p).is_relative_to(target) for p in result["examples"])
     for name, shape in result["shapes"].items():
         assert shape[0] == 2 and shape[2:] == [28, 28], name

@@ -1,9 +1,12 @@
-"""examples/tutorial.ipynb: committed clean, and runs top to bottom on CPU with no account.
+"""examples/tutorial.ipynb: committed clean, and runs top to bottom on CPU with no account,
+from an installed package.
 
 The execution test runs the notebook in a Jupyter kernel of this very interpreter (a temporary
 kernelspec pointing at ``sys.executable``, so a fresh venv needs no ``ipykernel install``),
-from ``examples/``, against the Google Cloud Vision emulator. A cell appended by the test prints
-the notebook's results as JSON, which are then checked.
+from an empty folder outside the checkout (the package found on PYTHONPATH, as an installed
+one would be; its example images come from the package data), against the Google Cloud Vision
+emulator. A cell appended by the test prints the notebook's results as JSON, which are then
+checked.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ def _cert(c):
 print("TUTORIAL_RESULTS " + _json.dumps({
     "executable": _sys.executable,
     "cwd": _os.getcwd(),
-    "root": str(ROOT),
+    "package_dir": _os.path.dirname(robust_api.__file__),
+    "image_paths": [str(p) for p in image_paths],
+    "labels_path": str(LABELS),
     "work": str(WORK),
     "work_exists": WORK.exists(),
     "log_paths": [str(api.log.path), str(evaluation_api.log.path)],
@@ -52,6 +57,10 @@ print("TUTORIAL_RESULTS " + _json.dumps({
     "evaluated": len(certificates),
     "groups": [{"key": str(g.key), "images": g.images, "certified_accuracy": {str(r): a for r, a in g.certified_accuracy.items()},
                 "acr": g.acr, "queries": g.queries} for g in report.groups],
+    "with_and_without": [{setting: {**_cert(row[setting]), "digest": row[setting].logs.header.image_digest,
+                                    "seed": row[setting].logs.header.seed, "noise_sd": row[setting].noise_sd,
+                                    "denoiser": row[setting].logs.header.denoiser_id}
+                          for setting in ("none", "denoised")} for row in with_and_without],
     "photo_rows": None if photo_rows is None else [
         [name, {setting: _cert(c) for setting, c in certs.items()}, certs["none"].guess] for name, certs in photo_rows],
 }, default=str))
@@ -71,6 +80,7 @@ def _kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
     monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join([str(tmp_path / "jupyter"), os.environ.get("JUPYTER_PATH", "")]))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the checkout's package, as an installed one would be found (the notebook has no path to the checkout)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's temporary folder goes here
     monkeypatch.delenv("ROBUST_API_TUTORIAL_PROVIDER", raising=False)
@@ -104,8 +114,14 @@ def test_committed_notebook_is_clean_and_small():
     assert len(ids) == len(set(ids)), "duplicate cell ids"
     text = "\n".join(cell.source for cell in nb.cells)
     for needed in ("../docs/concepts.md", "../docs/soundness.md", "ROBUST_API_TUTORIAL_PROVIDER", "%matplotlib inline",
-                   "robust_api.analyze(", "import-legacy", "certify_folder.py", "reanalyze_logs.py"):
+                   "robust_api.analyze(", "import-legacy", "certify_folder.py", "reanalyze_logs.py", "example_images()",
+                   "example_labels()", "../docs/natural-photos.md", "robust-api[imagenet]"):
         assert needed in text, needed
+    # it finds everything through the installed package: no path into a source checkout
+    source = "\n".join(cell.source for cell in code)
+    for forbidden in ("examples/images", "LABELS.csv", "sys.path", "find_repository_root", "__file__", "urllib",
+                      "requests.", "download("):
+        assert forbidden not in source, forbidden
     # the emulator is stopped and the temporary folder removed by the last cell
     assert "endpoint.stop()" in code[-1].source and "WORKDIR.cleanup()" in code[-1].source
 
@@ -119,12 +135,14 @@ def test_tutorial_runs_top_to_bottom(tmp_path, monkeypatch):
     _kernel_env(tmp_path, monkeypatch)
     default_log_dir = EXAMPLES / "query_logs"
     had_default_log_dir = default_log_dir.exists()
+    run_dir = tmp_path / "elsewhere"  # not in the checkout: the notebook must not need one
+    run_dir.mkdir()
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(RESULTS_CELL, id="test-results"))
     client = nbclient.NotebookClient(
         nb, kernel_name="python3", timeout=240, allow_errors=False,
-        resources={"metadata": {"path": str(EXAMPLES)}},
+        resources={"metadata": {"path": str(run_dir)}},
     )
     started = time.monotonic()
     client.execute()  # raises CellExecutionError, with the cell and traceback, if any cell fails
@@ -136,10 +154,13 @@ def test_tutorial_runs_top_to_bottom(tmp_path, monkeypatch):
     assert len(lines) == 1, _text(nb.cells[-1])
     r = json.loads(lines[0][len(RESULT_MARKER):])
 
-    # the kernel is this interpreter, ran from examples/ and found the checkout
+    # the kernel is this interpreter, ran outside the checkout, and read the images shipped in the package
     assert r["executable"] == sys.executable
-    assert Path(r["cwd"]).resolve() == EXAMPLES.resolve()
-    assert Path(r["root"]).resolve() == ROOT.resolve()
+    assert Path(r["cwd"]).resolve() == run_dir.resolve()
+    examples_data = Path(r["package_dir"]).resolve() / "assets" / "examples"
+    assert len(r["image_paths"]) == 30
+    assert all(Path(p).resolve().parent == examples_data for p in r["image_paths"] + [r["labels_path"]])
+    assert list(run_dir.iterdir()) == [], "the notebook wrote into its working folder"
 
     # emulator by default, stopped at the end; everything written under the temporary folder, then removed
     assert r["emulated"] and r["provider"] == "google"
@@ -179,6 +200,21 @@ def test_tutorial_runs_top_to_bottom(tmp_path, monkeypatch):
         if c["label"] is not None and s["label"] is not None:
             assert c["label"] == s["label"]
 
+    # the same six images with and without the denoiser: same pixels, seed and sigma; the denoised
+    # certificates are read back from the log (0 paid), and the denoiser certifies more, with larger radii
+    rows = r["with_and_without"]
+    assert len(rows) == 6
+    for row in rows:
+        none, denoised = row["none"], row["denoised"]
+        assert (none["digest"], none["seed"], none["noise_sd"]) == (denoised["digest"], denoised["seed"], 0.25)
+        assert none["denoiser"] is None and denoised["denoiser"] == "denoiser:fashion-mnist-dncnn-0.25"
+        assert (none["n0"], none["n"]) == (denoised["n0"], denoised["n"]) == (20, 100)
+        assert none["queries"] == 120 and denoised["queries"] == 0
+    certified = {s: sum(row[s]["label"] is not None for row in rows) for s in ("none", "denoised")}
+    mean_radius = {s: sum(row[s]["radius"] for row in rows) / 6 for s in ("none", "denoised")}
+    assert certified["denoised"] >= certified["none"] and mean_radius["denoised"] > mean_radius["none"], rows
+    assert "certified" in _text(next(cell for cell in nb.cells if cell.get("id") == "denoiser"))
+
     # certified accuracy: one group (google emulator, the denoiser, sigma 0.25, cohen), sensible numbers
     assert r["evaluated"] == 15
     assert len(r["groups"]) == 1, r["groups"]
@@ -213,3 +249,14 @@ def test_tutorial_runs_top_to_bottom(tmp_path, monkeypatch):
     # the other sections printed what they explain
     assert "clean label:" in _text(cells["predict"]) and "radius" in _text(cells["certify"])
     assert "sequential" in _text(cells["plan"]) and "fewer" in _text(cells["compare"])
+
+
+def test_packaged_example_images_are_the_repositorys():
+    """robust_api/assets/examples (package data, what the tutorial reads) holds exactly the
+    files of examples/images (what the README's command reads)."""
+    from robust_api.datasets import example_images, example_labels
+
+    packaged = {path.name: path.read_bytes() for path in example_images() + [example_labels()]}
+    repository = {path.name: path.read_bytes() for path in sorted((EXAMPLES / "images").iterdir())}
+    assert packaged == repository
+    assert len(example_images()) == 30 and example_labels().name == "LABELS.csv"

@@ -487,14 +487,17 @@ def test_online_predict_equals_offline(tmp_path):
 # -- (g) default location --------------------------------------------------------------------
 
 
-def test_default_log_location(tmp_path, monkeypatch):
+def test_default_log_location(tmp_path, monkeypatch, robust_api_home):
+    """The default log lives in the user's data directory ($ROBUST_API_HOME here, which
+    tests/conftest.py points at a temporary folder), not in the working directory."""
     monkeypatch.chdir(tmp_path)
     api = RobustAPI(Counting(), seed=0)
     cert = api.certify(make_image(), noise_sd=SIGMA, N0=2, N=3)
-    expected = tmp_path / "query_logs" / "queries.sqlite3"
+    expected = robust_api_home / "query_logs" / "queries.sqlite3"
     assert expected.is_file()
     assert Path(api.log.path).resolve() == expected.resolve()
-    stored = list(open_log(tmp_path / "query_logs"))  # a folder opens its queries.sqlite3
+    assert not (tmp_path / "query_logs").exists()
+    stored = list(open_log(robust_api_home / "query_logs"))  # a folder opens its queries.sqlite3
     assert [c.header.run_id for c in stored] == [cert.logs.header.run_id]
 
 
