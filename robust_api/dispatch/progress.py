@@ -172,8 +172,9 @@ class RunProgress:
         with self._lock:
             if self.bar is not None:
                 self.bar.write(text, file=self.stream)
-            else:
-                print(text, file=self.stream, flush=True)
+            else:  # the caller's stream (the CLI's stderr), as the bar would write it
+                self.stream.write(text + "\n")
+                self.stream.flush()
 
     def retry_counts(self) -> tuple[int, int, int]:
         """(retries, throttled, failed) of the watched dispatchers since :meth:`watch`."""
