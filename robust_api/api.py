@@ -10,19 +10,20 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Optional, Union
 
 from .dispatch import Budget, RateLimiter, RetryPolicy, Spending
 from .errors import InvalidParameterError, OfflineModeError
+from .image_sources import _default_name, image_paths, is_image_collection, iter_image_sources
 from .offline import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0, CertifySettings, as_call_log, certify_from_log, \
     predict_from_log
 from .providers.base import Provider
 from .query_logs.records import CallLog
 from .query_logs.store import QueryLog
 from .results import Certificate, Prediction
-from .validation import MAX_CONCURRENCY, MAX_SAMPLES, MAX_TEXT_CHARS, MAX_TOTAL_QUERIES, check_alpha, check_count, \
-    check_noise_sd, check_sample_count, check_text
+from .validation import MAX_CONCURRENCY, MAX_SAMPLES, MAX_TOTAL_QUERIES, check_alpha, check_choice, \
+    check_count, check_noise_sd, check_sample_count, check_seed, check_text
 
 __all__ = ["RobustAPI", "DEFAULT_N0", "DEFAULT_N", "DEFAULT_ALPHA"]
 
@@ -40,20 +41,6 @@ def _image_list(images: Any) -> list:
     return list(images)
 
 
-def _default_name(image: Any) -> Optional[str]:
-    """The name a call records for an image given without ``name=``: a path's file name, or a
-    PIL image's ``filename``; None for anything else. Unprintable characters become "?"."""
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fsdecode(os.fspath(image))
-    else:
-        path = getattr(image, "filename", None)  # PIL images opened from a file
-        if not isinstance(path, str):
-            return None
-    base = os.path.basename(path)[-MAX_TEXT_CHARS:]
-    base = "".join(char if char.isprintable() else "?" for char in base)
-    return base or None
-
-
 def _call_info(image: Any, name: Any, tag: Any) -> dict:
     """What a call records about its image besides the pixels: ``image_name`` and ``tag`` (checked)."""
     name = check_text(name, "name")
@@ -69,6 +56,67 @@ def _call_infos(images: list, names: Any, tag: Any) -> list[dict]:
     if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or len(names) != len(images):
         raise InvalidParameterError(f"names must be a list of {len(images)} strings, one per image (or None)")
     return [_call_info(image, name, tag) for image, name in zip(images, names)]
+
+
+def _check_names(names: Any, count: Optional[int]) -> Optional[Sequence]:
+    """``names`` for a run of ``count`` images (None: not known yet): None, or a sequence of
+    one name per image (each checked when its image is drawn)."""
+    if names is None:
+        return None
+    wrong_count = isinstance(names, Sequence) and count is not None and len(names) != count
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or wrong_count:
+        per = f"{count} strings" if count is not None else "strings"
+        raise InvalidParameterError(f"names must be a list of {per}, one per image (or None)")
+    return names
+
+
+def _run_preparer(engine: Any, settings: CertifySettings, names: Optional[Sequence], tag: Any):
+    """``prepare(source) -> (canonical image, call info)`` for the streaming scheduler: the
+    image's checks (:meth:`Engine.check_image`) and what its call records (name, tag)."""
+    check_text(tag, "tag")
+
+    def prepare(source):
+        if names is None:
+            name = source.name
+        elif source.index < len(names):
+            name = names[source.index]
+        else:
+            raise InvalidParameterError(f"names has {len(names)} entries, but images yielded more images than that")
+        info = _call_info(source.image, name, tag)
+        return engine.check_image(source.image, settings.noise_sd), info
+
+    return prepare
+
+
+def _names_used_up(sources: Any, names: Optional[Sequence]):
+    """``sources``, then InvalidParameterError if a stream of unknown length had fewer images than ``names``."""
+    drawn = 0
+    for source in sources:
+        drawn += 1
+        yield source
+    if names is not None and drawn != len(names):
+        raise InvalidParameterError(f"names has {len(names)} entries, but images yielded {drawn} images")
+
+
+def _certificates_only(stream: Iterator[tuple[int, Certificate]]) -> Iterator[Certificate]:
+    """The certificates of ``(index, certificate)`` pairs; closing it closes ``stream`` (the run stops)."""
+    try:
+        for _, certificate in stream:
+            yield certificate
+    finally:
+        stream.close()
+
+
+def _check_engine(engine: Any, address: Any, workers: Any, gpus_per_worker: Any) -> bool:
+    """True for ``engine="ray"`` (Ray importable; MissingDependencyError naming the extra
+    otherwise), False for "local"; InvalidParameterError for anything else, or Ray-only
+    options with the local engine. Before any image is read or query sent."""
+    from .scale.ray_engine import check_engine_options, require_ray
+
+    if check_engine_options(engine, address, workers, gpus_per_worker) != "ray":
+        return False
+    require_ray()
+    return True
 
 
 def _no_naming_offline(name: Any, tag: Any) -> None:
@@ -199,6 +247,15 @@ class RobustAPI:
         )
         self.budget = Budget(self.options.max_queries, self.options.max_cost_usd)
         self.provider_name = provider if isinstance(provider, str) else getattr(provider, "identity", None)
+        # what a worker of a distributed run needs to build the same provider and denoiser
+        self._recipe = dict(
+            provider=provider, denoiser=denoiser, device=device, model=model, class_names=class_names,
+            label_fn=label_fn, batch_size=batch_size, provider_options=dict(provider_options),
+            options=dict(seed=seed, batch_size=batch_size, concurrency=concurrency, retry=retry,
+                         memory_limit_mb=memory_limit_mb, max_pixels=max_pixels, downscale=downscale,
+                         class_names=class_names),
+        )
+        self.last_run = None
         self.engine = None
         self._offline_log = None
         if not self.online:
@@ -248,6 +305,14 @@ class RobustAPI:
     @property
     def rate_limiter(self) -> Optional[RateLimiter]:
         return self.engine.dispatcher.rate_limiter if self.engine else None
+
+    def worker_recipe(self) -> dict:
+        """What builds this object's provider and denoiser in another process (a worker of
+        ``certify_many(..., engine="ray")``, see :class:`robust_api.scale.worker.ShardWorker`):
+        the constructor's arguments except the log, the caps, the rate limit and
+        ``progress``, which a distributed run shares between its workers instead. It may hold
+        credentials: it is sent to the workers, never logged."""
+        return dict(self._recipe)
 
     def close(self) -> None:
         """Stop the worker threads (the log and the provider stay usable; a later call restarts them)."""
@@ -479,9 +544,31 @@ class RobustAPI:
         canonical = [engine.check_image(image, settings.noise_sd) for image in images]
         return certify_batch(engine, canonical, settings, seed, total_queries, infos)
 
+    def _run_setup(self, what: str, images: Any, noise_sd: Any, N0: Any, N: Any, alpha: Any, seed: Any, method: Any,
+                   selection: Any, radius: Any, tolerance: Any, parallel: Any, names: Any, tag: Any):
+        """The checked pieces of a many-image run (``certify_many`` / ``certify_iter``), every
+        argument checked before any image is read: (engine, settings, parallel, images, count,
+        sources, prepare). A folder or pattern becomes its list of files (listed once)."""
+        engine = self._online(f"{what} sends queries")
+        if parallel is not None:
+            parallel = check_count(parallel, "parallel", MAX_CONCURRENCY, why=" (one thread per image in progress)")
+        if seed is not None:
+            check_seed(seed)
+        alpha = DEFAULT_ALPHA if alpha is None else alpha
+        settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
+        check_text(tag, "tag")
+        if is_image_collection(images):
+            images = image_paths(images)  # listed once: every pass over the run sees the same files
+        sources = iter_image_sources(images)  # refuses a single image or an empty collection
+        count = len(images) if isinstance(images, Sequence) else None
+        names = _check_names(names, count)
+        if names is not None and count is None:
+            sources = _names_used_up(sources, names)
+        return engine, settings, parallel, images, count, sources, _run_preparer(engine, settings, names, tag)
+
     def certify_many(
         self,
-        images: Sequence[Any],
+        images: Any,
         noise_sd: Optional[float] = None,
         N0: Optional[int] = None,
         N: Optional[int] = None,
@@ -495,6 +582,10 @@ class RobustAPI:
         parallel: Optional[int] = None,
         names: Optional[Sequence[str]] = None,
         tag: Optional[str] = None,
+        engine: str = "local",
+        ray_address: Optional[str] = None,
+        workers: Optional[int] = None,
+        gpus_per_worker: float = 0,
     ) -> list[Certificate]:
         """Certify several images, several at a time, each exactly as :meth:`certify` would.
 
@@ -505,31 +596,166 @@ class RobustAPI:
         INFO log line sums up its retries and throttled answers.
 
         Args:
-            images: a sequence of images (see :meth:`predict`); all are checked, and the
-                whole set is checked against the caps (fixed-N methods), before any query.
+            images: a list, tuple or other sequence of images (each as in :meth:`predict`:
+                path, PIL image, array or tensor [H, W], [H, W, C] or [C, H, W] with uint8
+                values or floats in [0, 1], bytes of an image file); a folder (its image files,
+                recursively, sorted by relative path); a glob pattern (``"data/**/*.png"``, its
+                files sorted); or any iterable or generator of images (drawn one at a time).
+                See :mod:`robust_api.image_sources` for the exact order rules. For a
+                sequence, folder or pattern, all images are checked, and the whole set is
+                checked against the caps (fixed-N methods; sequential: selections and first
+                looks), before any query: a first pass reads and checks each image and
+                drops it, and each is read again when it starts. A one-shot iterable or
+                generator cannot be checked ahead: each image is checked when it is drawn
+                and held from the caps when it starts (as :meth:`certify_iter`).
             noise_sd, N0, N, alpha, seed, method, selection, radius, tolerance: as in
                 :meth:`certify`, for every image.
             parallel: images in progress at once (default: ``concurrency``, capped at the
-                number of images; 1 certifies them one after the other).
+                number of images when known; 1 certifies them one after the other).
             names: one name per image (default: file names of paths), tag: for every
                 image; recorded with each call (see :meth:`predict`).
+            engine: ``"local"`` (default): threads of this process. ``"ray"`` (the ``[ray]``
+                extra): the images are sharded over the workers of a Ray cluster, each with
+                its own provider, denoiser (on its own GPU with ``gpus_per_worker``) and log
+                shard (``<log>.shards/worker-<k>.sqlite3``), under **one** rate limit and
+                **one** set of caps for all of them (a quota actor hands out request slots
+                and holds). Each finished call is merged into this object's log and
+                certified from there, so the certificates equal the local engine's for the
+                same seed (with a deterministic classifier). A worker that dies is replaced
+                and its images are redone on another worker, reusing the answers it had
+                committed to its shard (not paid twice); ``self.last_run`` reports the
+                workers, the redone images and the spend. ``parallel`` is then per worker
+                (default ``concurrency``). See docs/scaling.md.
+            ray_address: the Ray cluster to join (e.g. ``"auto"`` or ``"ray://head:10001"``;
+                default: the one this process is connected to, else a new local cluster,
+                stopped at the end). workers: Ray workers (default: the cluster's CPUs,
+                at most 64). gpus_per_worker: GPUs each worker reserves (default 0).
+
+        Memory: about ``parallel + 1`` decoded images at once (float32 [H, W, C] each),
+        whatever the number of images: 50,000 ImageNet files are never all in memory. The
+        returned certificates (each with its call's log) are.
+
+        Resuming: with a fixed seed (``seed=`` here or the instance's) and the same log, a
+        run that was interrupted (an error, Ctrl-C, a crash) can simply be run again: every
+        answer already in the log is reused at no cost (``Certificate.queries`` counts only
+        the paid ones), and the certificates equal those of an uninterrupted run.
 
         Returns:
-            One :class:`Certificate` per image, in order; each holds with probability ≥ 1 − α
-            on its own (as one :meth:`certify` call).
+            One :class:`Certificate` per image, in input order; each holds with probability
+            ≥ 1 − α on its own (as one :meth:`certify` call).
 
         Raises:
-            The first error of any image, after the images already in progress have finished
-            (their queries are in the log).
+            InvalidParameterError: bad parameters, a single image instead of a collection,
+                or an empty list, folder, pattern or iterable (before any query).
+            The first error of any image: once an image fails, no further image starts; the
+            images already in progress finish (their queries are in the log), then the
+            error is raised.
         """
         from .engine.scheduling import certify_many
 
-        engine = self._online("certify_many sends queries")
-        images = _image_list(images)
-        if parallel is not None:
-            parallel = check_count(parallel, "parallel", MAX_CONCURRENCY, why=" (one thread per image in progress)")
-        alpha = DEFAULT_ALPHA if alpha is None else alpha
-        settings = CertifySettings.online(noise_sd, N0, N, alpha, method, selection, radius, tolerance)
-        infos = _call_infos(images, names, tag)
-        canonical = [engine.check_image(image, settings.noise_sd) for image in images]
-        return certify_many(engine, canonical, settings, seed, parallel, infos)
+        on_ray = _check_engine(engine, ray_address, workers, gpus_per_worker)
+        engine, settings, parallel, images, count, sources, prepare = self._run_setup(
+            "certify_many", images, noise_sd, N0, N, alpha, seed, method, selection, radius, tolerance, parallel,
+            names, tag,
+        )
+        again = (lambda: iter_image_sources(images)) if count is not None else None
+        if on_ray:
+            from .scale.ray_engine import ray_certify
+
+            results = dict(ray_certify(self, sources, settings, seed, parallel, prepare, again=again, order="completed",
+                                       address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker))
+            return [results[index] for index in sorted(results)]
+        return certify_many(engine, sources, settings, seed, parallel, prepare, again=again)
+
+    def certify_iter(
+        self,
+        images: Any,
+        noise_sd: Optional[float] = None,
+        N0: Optional[int] = None,
+        N: Optional[int] = None,
+        alpha: Optional[float] = None,
+        *,
+        seed: Optional[int] = None,
+        method: Optional[str] = None,
+        selection: Optional[str] = None,
+        radius: Optional[float] = None,
+        tolerance: Optional[float] = None,
+        parallel: Optional[int] = None,
+        names: Optional[Sequence[str]] = None,
+        tag: Optional[str] = None,
+        order: str = "input",
+        engine: str = "local",
+        ray_address: Optional[str] = None,
+        workers: Optional[int] = None,
+        gpus_per_worker: float = 0,
+    ) -> Iterator[Union[Certificate, tuple[int, Certificate]]]:
+        """Certify a stream of images, several at a time, yielding each result as it is ready.
+
+        Every argument is checked by this call (and a generator's first image drawn, to
+        refuse an empty one); the images are then certified while the caller iterates, each
+        exactly as :meth:`certify` would, sharing this object's limits (as
+        :meth:`certify_many`, with one progress bar for the run).
+
+        Args:
+            images: as in :meth:`certify_many`: a sequence, a folder, a glob pattern, or any
+                iterable or generator of images, drawn one at a time and only when a thread
+                is about to be free (see :mod:`robust_api.image_sources` for the order rules).
+                Unlike :meth:`certify_many` nothing is checked ahead: each image is checked
+                (:meth:`~robust_api.engine.Engine.check_image`) when it is drawn, and its
+                queries are held from the caps when it starts (a stream of unknown length
+                cannot be held up front), so the first result comes after one image's work.
+            noise_sd, N0, N, alpha, seed, method, selection, radius, tolerance: as in
+                :meth:`certify`, for every image.
+            parallel: images in progress at once (default: ``concurrency``).
+            names: one name per image (a sequence, read by index; with a stream of unknown
+                length, a count that does not match is an error when it shows), tag: for
+                every image (see :meth:`predict`).
+            order: ``"input"`` (default): certificates in input order (a slow image holds
+                back those after it, which wait finished, at most ``2 · parallel`` drawn and
+                not yet yielded). ``"completed"``: as each image finishes, as
+                ``(index, certificate)`` pairs, ``index`` being the image's position in the
+                input (from 0): the way to match a result to its image, since names need
+                not exist (arrays) nor be unique.
+            engine, ray_address, workers, gpus_per_worker: as in :meth:`certify_many`.
+
+        Yields:
+            ``order="input"``: one :class:`Certificate` per image, in input order.
+            ``order="completed"``: one ``(index, Certificate)`` per image, in completion
+            order. Each certificate holds with probability ≥ 1 − α on its own (as one
+            :meth:`certify` call).
+
+        Memory: at most ``parallel + 1`` decoded images (float32 [H, W, C]) at once, and the
+        next image is drawn only when there is room and the caller asks for more: O(parallel),
+        never O(number of images). A caller that stops iterating (``break``) stops the run:
+        no new image starts, and closing the generator waits for the ones in progress.
+
+        Resuming: with a fixed seed (``seed=`` here or the instance's) and the same log, a
+        run that was interrupted can be run again from the start: answers already in the log
+        are reused at no cost (``Certificate.queries`` counts only the paid ones), and the
+        certificates equal those of an uninterrupted run.
+
+        Raises:
+            InvalidParameterError: bad parameters, a single image instead of a collection,
+                or an empty list, folder, pattern or iterable (by this call, before any query).
+            While iterating, the first error of any image (its check, its hold from the
+            caps, its queries, or the source itself): once an image fails, no further image
+            is drawn or started and nothing more is yielded; the images in progress finish
+            (their queries are in the log), then the error is raised.
+        """
+        from .engine.scheduling import certify_stream
+
+        order = check_choice(order, "order", ("input", "completed"))
+        on_ray = _check_engine(engine, ray_address, workers, gpus_per_worker)
+        engine, settings, parallel, images, count, sources, prepare = self._run_setup(
+            "certify_iter", images, noise_sd, N0, N, alpha, seed, method, selection, radius, tolerance, parallel,
+            names, tag,
+        )
+        if on_ray:
+            from .scale.ray_engine import ray_certify
+
+            stream = ray_certify(self, sources, settings, seed, parallel, prepare, order=order, address=ray_address,
+                                 workers=workers, gpus_per_worker=gpus_per_worker)
+            return stream if order == "completed" else _certificates_only(stream)
+        stream = certify_stream(engine, sources, settings, seed, parallel, prepare, order=order, total=count,
+                                description="certify_iter")
+        return stream if order == "completed" else _certificates_only(stream)

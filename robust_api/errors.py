@@ -59,6 +59,9 @@ __all__ = [
     "LogAccessError",
     "LogIntegrityError",
     "LogMismatchError",
+    "LogConflictError",
+    "MixedExperimentsError",
+    "WorkerLostError",
     "DenoiserNoiseLevelWarning",
 ]
 
@@ -174,6 +177,21 @@ class LogIntegrityError(QueryLogError, ValueError):
 
 class LogMismatchError(QueryLogError, ValueError):
     """Re-analysis asks for something the log cannot give (other noise_sd, more samples)."""
+
+
+class LogConflictError(QueryLogError, ValueError):
+    """Two logs disagree about the same thing: one call id with different headers, or one
+    sample of one call with different answers. A merge refuses them before writing anything."""
+
+
+class MixedExperimentsError(QueryLogError, ValueError):
+    """Logs (shards) to merge come from different experiments (σ, seed, provider, model
+    version, denoiser, settings): refused, naming the field that differs."""
+
+
+class WorkerLostError(RobustAPIError, RuntimeError):
+    """A distributed run lost workers more often than it may retry an image; the message
+    names the images and what happened to them (their logged answers stay in the shards)."""
 
 
 class DenoiserNoiseLevelWarning(UserWarning):

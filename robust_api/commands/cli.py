@@ -10,6 +10,7 @@ Examples::
     robust-api plan --noise-sd 0.25 --radius 0.5
     robust-api recertify runs/queries.sqlite3 --alpha 0.01
     robust-api export runs/queries.sqlite3 queries.jsonl
+    robust-api merge-logs shards/worker-*.sqlite3 --into runs/queries.sqlite3
     robust-api import-legacy vision_api/logs --api azure --noise-sd 0.25 --out legacy_logs/
     robust-api analyze query_logs/ --labels examples/images/LABELS.csv --radii 0,0.25,0.5 --plot accuracy.png
     robust-api emulate google --port 0 --latency-ms 100 --fail-rate 0.1
@@ -268,19 +269,33 @@ def _build_api(args: argparse.Namespace) -> RobustAPI:
     )
 
 
-def _check_image_files(paths: Sequence[str], provider: str) -> None:
+def _check_image_files(paths: Sequence[str], provider: str, expand: bool = False) -> list[str]:
     """Read each image once before the RobustAPI (and its log file) exists, so a missing,
     unreadable, non-regular (FIFO, device, folder) or oversized file is refused without
     creating a log. The pixel limit is the provider class's (the CLI has no ``max_pixels``);
-    the API checks each image again against the provider it builds."""
+    the API checks each image again against the provider it builds.
+
+    With ``expand`` (certify), an argument that is a folder or a glob pattern (quoted in the
+    shell) stands for its image files (:func:`robust_api.image_sources.image_paths`: a
+    folder's image files by extension, recursively, sorted by relative path; a pattern's
+    files, sorted); one that matches nothing is refused here. Only their names are listed
+    now: each of those files is read when its turn comes, and one that cannot be read fails
+    its own row. Returns the image files of the run, in order."""
+    from ..image_sources import image_paths, is_image_collection
     from ..images import DEFAULT_MAX_PIXELS, as_image
     from ..providers.base import provider_factory
 
     limit = getattr(provider_factory(provider), "max_input_pixels", DEFAULT_MAX_PIXELS)
     if limit is not None and not isinstance(limit, int):  # a per-instance limit (a property): the generic one
         limit = DEFAULT_MAX_PIXELS
+    files: list[str] = []
     for path in paths:
+        if expand and is_image_collection(path):
+            files.extend(image_paths(path))
+            continue
         as_image(path, max_pixels=limit)
+        files.append(path)
+    return files
 
 
 def _log_location(api: Optional[RobustAPI]) -> str:
@@ -383,7 +398,9 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     # every parameter and image file is checked before the log is opened (nothing is written)
     CertifySettings.online(args.noise_sd, args.N0, args.N, args.alpha, args.method, args.selection, args.radius,
                            args.tolerance)
-    _check_image_files(args.images, args.provider)
+    if args.workers is not None and args.ray is None:
+        raise InvalidParameterError("--workers is the number of Ray workers: it goes with --ray")
+    args.images = _check_image_files(args.images, args.provider, expand=True)  # folders, globs: their files
     _check_html_path(args.html)
     out = _Rows(args.format)
     calls: list = []  # this run's calls, for --html
@@ -396,6 +413,10 @@ def _cmd_certify(args: argparse.Namespace) -> int:
                 path, noise_sd=args.noise_sd, N0=args.N0, N=args.N, alpha=args.alpha, method=args.method,
                 selection=args.selection, radius=args.radius, tolerance=args.tolerance,
             )
+            add_row(path, name, cert)
+
+        def add_row(path: str, name: str, cert) -> None:
+            """The row of one certified image, with its clean label (one more query) unless --no-clean."""
             calls.append(cert.logs)
             row = _result_row(name, cert)
             if not args.no_clean:
@@ -422,7 +443,10 @@ def _cmd_certify(args: argparse.Namespace) -> int:
                     out.add(_error_row(name, exc))
                 raise
 
-        stopped = _each_image(run, certify_or_record)
+        if args.ray is None:
+            stopped = _each_image(run, certify_or_record)
+        else:
+            stopped = _certify_on_ray(run, api, args, add_row)
         run.finish()
         if args.format == "table":
             _print_certify_table(args, out.rows, run.seconds)
@@ -433,6 +457,35 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     if stopped is not None:
         raise stopped
     return run.status()
+
+
+def _certify_on_ray(run: _Run, api: RobustAPI, args: argparse.Namespace, add_row) -> Optional[BaseException]:
+    """certify --ray: the images sharded over a Ray cluster (``certify_iter(engine="ray")``),
+    each row added in input order as its image is done. Unlike the in-process run, the first
+    image that fails stops the run (the images in progress finish); the error is returned, to
+    be raised once the rows so far are printed. Images redone after a worker died are noted."""
+    names = [os.path.basename(path) for path in args.images]
+    stopped = None
+    try:
+        results = api.certify_iter(
+            args.images, noise_sd=args.noise_sd, N0=args.N0, N=args.N, alpha=args.alpha, method=args.method,
+            selection=args.selection, radius=args.radius, tolerance=args.tolerance, seed=args.seed, names=names,
+            engine="ray", ray_address=args.ray or None, workers=args.workers,
+        )
+        for path, name, cert in zip(args.images, names, results):
+            add_row(path, name, cert)
+    except BrokenPipeError:
+        raise
+    except BaseException as exc:  # noqa: B902 - Ctrl-C too: the rows so far are printed first
+        stopped = exc
+    report = api.last_run
+    if report is not None:
+        for _, name, why in report.retried:
+            run.progress.note(f"robust-api: {name}: {why}; redone on another worker (answers already paid reused)")
+        if not args.quiet:
+            run.progress.note(f"robust-api: {len(report.workers)} Ray worker(s), seed {report.seed}; shards: "
+                              f"{report.shard_folder or 'temporary'}")
+    return stopped
 
 
 def _check_html_path(path: Optional[str]) -> None:
@@ -598,6 +651,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge_logs(args: argparse.Namespace) -> int:
+    from ..query_logs.merging import merge_logs
+
+    report = merge_logs(args.shards, args.into, allow_mixed=args.allow_mixed)
+    if args.format == "json":
+        print(_dumps(report.to_dict(), indent=2))
+        return EXIT_OK
+    print(text_table(["calls added", "extended", "unchanged", "records added", "into"],
+                     [[report.calls_added, report.calls_extended, report.calls_unchanged, report.records_added,
+                       report.into]]))
+    print(f"\n{report}")
+    return EXIT_OK
+
+
 def _cmd_import_legacy(args: argparse.Namespace) -> int:
     from ..query_logs.legacy import import_legacy_report
 
@@ -751,7 +818,11 @@ def _add_online_options(parser: argparse.ArgumentParser, command: str) -> None:
     ``images...``, then ``--noise-sd``, ``--N0`` (certify), ``--N``, ``--alpha``, then where
     the queries go, then the output."""
     certify = command == "certify"
-    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument(
+        "images", nargs="+",
+        help="image files (PNG, JPEG, ...), folders (their image files, recursively, sorted by path) or quoted glob "
+        "patterns ('data/**/*.png'), whose files are read one at a time as the run goes" if certify else "image files (PNG, JPEG, ...)",
+    )
     smoothing = parser.add_argument_group("smoothing (the Python API's noise_sd, N0, N, alpha)")
     smoothing.add_argument(
         "--noise-sd", type=float, required=True,
@@ -862,7 +933,7 @@ def _add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
 
 def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     """The argument parser of ``robust-api``: sub-commands certify, predict, recertify, plan,
-    analyze, export, import-legacy, emulate, denoisers, and the denoiser commands of
+    analyze, export, merge-logs, import-legacy, emulate, denoisers, and the denoiser commands of
     :mod:`robust_api.commands.denoisers` (train-denoiser, eval-denoiser); ``argv`` is recorded
     as the recipe of trained denoisers.
 
@@ -902,6 +973,14 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     method.add_argument(
         "--no-clean", action="store_true", help="skip the one clean query per image that the 'clean label' column costs"
     )
+    scale = certify.add_argument_group("scale-out (pip install 'robust-api[ray]')")
+    scale.add_argument(
+        "--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+        help="shard the images over a Ray cluster: the one at ADDRESS (write --ray=ADDRESS; 'auto' for the running "
+        "one), else a new local cluster; one rate limit and one budget for all workers (see docs/scaling.md)",
+    )
+    scale.add_argument("--workers", type=_positive_int, default=None,
+                       help="with --ray: the number of workers (default: the cluster's CPUs)")
     certify.add_argument(
         "--html", default=None,
         help="also write an HTML report of this run (thumbnails, labels, radii, spend) to this .html file",
@@ -925,6 +1004,18 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     export.add_argument("log_path", help="query log to read")
     export.add_argument("out", help="output file: .jsonl, or .parquet")
     export.set_defaults(handler=_cmd_export)
+
+    merge = commands.add_parser(
+        "merge-logs", help="merge query logs (e.g. the shards of a distributed run) into one log; adds only what is missing"
+    )
+    merge.add_argument("shards", nargs="+", metavar="SHARD",
+                       help="query logs to merge: .sqlite3 files or folders, .jsonl or .parquet exports")
+    merge.add_argument("--into", required=True,
+                       help="the SQLite log to merge into (.sqlite3 file or folder; created when missing)")
+    merge.add_argument("--allow-mixed", action="store_true",
+                       help="merge logs of different experiments (sigma, seed, provider, model, settings)")
+    _add_format_option(merge, "a table with a summary line, or json", ("table", "json"))
+    merge.set_defaults(handler=_cmd_merge_logs)
 
     legacy = commands.add_parser(
         "import-legacy", help="import the predecessor's pred_hist_<i>.pkl query logs (microsoft/denoised-smoothing)"

@@ -97,7 +97,8 @@ class RunProgress:
     lines are still written when ``detail`` is on.
 
     Args:
-        total: images in the run.
+        total: images in the run; None when not known in advance (a stream of images:
+            the bar then counts without a percentage or time left).
         description: the bar's label ("certify", "predict").
         show: True (always), False (never) or None (when ``stream`` is a terminal).
         detail: also write one line per image (:meth:`image_done` with a text).
@@ -107,9 +108,9 @@ class RunProgress:
     dispatcher (which then draws no per-phase bar and reports each settled batch here).
     """
 
-    def __init__(self, total: int, *, description: str = "certify", show: Optional[bool] = None,
+    def __init__(self, total: Optional[int], *, description: str = "certify", show: Optional[bool] = None,
                  detail: bool = False, stream: Optional[TextIO] = None):
-        self.total = int(total)
+        self.total = None if total is None else int(total)
         self.description = description
         self.detail = bool(detail)
         self.stream = sys.stderr if stream is None else stream
@@ -201,7 +202,8 @@ class RunProgress:
                 self.bar.close()
         seconds = time.monotonic() - self._began
         failed = f" ({self.failed_images} failed)" if self.failed_images else ""
-        logger.info("%s: %d of %d images done%s, %s ($%.4f) in %.1f s; %s", self.description, self.images, self.total,
+        of_total = "" if self.total is None else f" of {self.total}"
+        logger.info("%s: %d%s images done%s, %s ($%.4f) in %.1f s; %s", self.description, self.images, of_total,
                     failed, _plural(self.queries, "query", "queries"), self.cost_usd, seconds,
                     AttemptStats.describe(*self.retry_counts()))
 

@@ -36,6 +36,7 @@ ENTRY_POINT_GROUP = "robust_api.providers"
 # name -> "module:attribute" (imported lazily) or a factory
 _REGISTRY: dict[str, Union[str, Callable[..., "Provider"]]] = {
     "local": "robust_api.providers.local:LocalProvider",
+    "simulated": "robust_api.providers.simulated:SimulatedProvider",
 }
 # name -> pip command, shown when the module behind a name fails to import
 _INSTALL_HINTS: dict[str, str] = {}

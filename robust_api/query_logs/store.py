@@ -104,6 +104,10 @@ class QueryLog:
     def run_ids(self) -> list[str]:
         raise NotImplementedError
 
+    def has_call(self, run_id: str) -> bool:
+        """Whether the log holds a call with this run id (without listing every call)."""
+        return run_id in self.run_ids()
+
     def find_reusable(self, header: CallHeader, phase: str, count: int) -> dict[int, QueryRecord]:
         """Successful records of earlier calls with the same noise and model, by sample index < count.
 
@@ -215,6 +219,10 @@ class MemoryQueryLog(QueryLog):
     def run_ids(self) -> list[str]:
         with self._lock:
             return list(self._headers)
+
+    def has_call(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._headers
 
     def find_reusable(self, header: CallHeader, phase: str, count: int) -> dict[int, QueryRecord]:
         with self._lock:
@@ -434,6 +442,10 @@ class SQLiteQueryLog(QueryLog):
     def run_ids(self) -> list[str]:
         with self._lock, self._sqlite_errors("list the calls of"):
             return [r[0] for r in self._conn.execute("SELECT run_id FROM calls ORDER BY call_id")]
+
+    def has_call(self, run_id: str) -> bool:
+        with self._lock, self._sqlite_errors("look for a call in"):
+            return self._conn.execute("SELECT 1 FROM calls WHERE run_id = ?", (run_id,)).fetchone() is not None
 
     def find_reusable(self, header: CallHeader, phase: str, count: int) -> dict[int, QueryRecord]:
         with self._lock, self._sqlite_errors("look for reusable answers in"):

@@ -41,7 +41,7 @@ from robust_api.providers import base as provider_base
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_IMAGES = sorted((REPO / "examples" / "images").glob("*.png"))
 SAMPLE_LOG = REPO / "query_logs" / "fashion_mnist_local_seed0.jsonl"
-SUBCOMMANDS = ["certify", "predict", "recertify", "export", "import-legacy", "analyze", "plan", "emulate",
+SUBCOMMANDS = ["certify", "predict", "recertify", "export", "merge-logs", "import-legacy", "analyze", "plan", "emulate",
                "denoisers", "train-denoiser", "eval-denoiser"]
 
 
@@ -590,7 +590,7 @@ def test_the_same_option_names_in_every_command():
     certify_options, predict_options = set(_options(commands["certify"])), set(_options(commands["predict"]))
     assert predict_options <= certify_options  # predict takes no option certify lacks, with the same names
     assert certify_options - predict_options == {"--N0", "--method", "--selection", "--radius", "--tolerance",
-                                                 "--no-clean", "--html"}
+                                                 "--no-clean", "--html", "--ray", "--workers"}
     for command in ("certify", "predict"):
         positionals = [action.dest for action in commands[command]._actions if not action.option_strings]
         assert positionals == ["images"]
