@@ -460,12 +460,15 @@ def _cmd_certify(args: argparse.Namespace) -> int:
 
 
 def _certify_on_ray(run: _Run, api: RobustAPI, args: argparse.Namespace, add_row) -> Optional[BaseException]:
-    """certify --ray: the images sharded over a Ray cluster (``certify_iter(engine="ray")``),
-    each row added in input order as its image is done. Unlike the in-process run, the first
+    """certify --ray: the images sharded over a Ray cluster (``certify_iter(engine="ray")``).
+    With --no-clean each row is added in input order as its image is done; otherwise the
+    clean queries (one per image) are sent from here once the workers are done, so that they
+    too stay under the run's one rate limit and caps. Unlike the in-process run, the first
     image that fails stops the run (the images in progress finish); the error is returned, to
     be raised once the rows so far are printed. Images redone after a worker died are noted."""
     names = [os.path.basename(path) for path in args.images]
     stopped = None
+    done: list = []  # (path, name, certificate) waiting for their clean query
     try:
         results = api.certify_iter(
             args.images, noise_sd=args.noise_sd, N0=args.N0, N=args.N, alpha=args.alpha, method=args.method,
@@ -473,11 +476,21 @@ def _certify_on_ray(run: _Run, api: RobustAPI, args: argparse.Namespace, add_row
             engine="ray", ray_address=args.ray or None, workers=args.workers,
         )
         for path, name, cert in zip(args.images, names, results):
-            add_row(path, name, cert)
+            if args.no_clean:
+                add_row(path, name, cert)
+            else:
+                done.append((path, name, cert))
     except BrokenPipeError:
         raise
     except BaseException as exc:  # noqa: B902 - Ctrl-C too: the rows so far are printed first
         stopped = exc
+    try:
+        for path, name, cert in done:
+            add_row(path, name, cert)
+    except BrokenPipeError:
+        raise
+    except BaseException as exc:  # noqa: B902
+        stopped = stopped or exc
     report = api.last_run
     if report is not None:
         for _, name, why in report.retried:

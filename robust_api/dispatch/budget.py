@@ -111,6 +111,13 @@ class Budget:
             return
         raise BudgetExceededError(f"sending {queries} more queries would cross {problem}; raise the cap to go on")
 
+    def add_spent(self, queries: int, cost: float) -> None:
+        """Count queries that were sent under caps checked elsewhere (a distributed run's
+        shared quota, given what this budget had left): never refused, so the totals stay true."""
+        with self._lock:
+            self._queries += queries
+            self._cost += cost
+
     def refund(self, queries: int, cost: float) -> None:
         """Give back what a reservation counted for queries the provider did not process."""
         with self._lock:

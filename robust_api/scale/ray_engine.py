@@ -279,8 +279,7 @@ class RayRun:
                 self.quota("release", hold[0])
             spent = self.quota("unheld")
             self.report.queries, self.report.cost_usd = spent.queries, spent.cost_usd
-            if spent.queries or spent.cost_usd:
-                self.api.budget.reserve(spent.queries, spent.cost_usd)  # within the caps: the quota kept them
+            self.api.budget.add_spent(spent.queries, spent.cost_usd)  # within the caps: the quota kept them
             self._stop()
 
     def _loop(self, images: Iterator, order: str) -> Iterator[tuple[int, Certificate]]:

@@ -128,7 +128,8 @@ def test_killed_worker_images_are_redone_elsewhere_without_paying_twice(cluster,
     assert reused > 0
     # the dead worker's unfinished call is in the driver's log too (merged at the end)
     statuses = [call.status for call in robust_api.open_log(tmp_path / "main.sqlite3")]
-    assert statuses.count("complete") == len(images) and "running" in statuses
+    # (a call the dead worker completed but could not report is there twice: its copy and the redo)
+    assert statuses.count("complete") >= len(images) and "running" in statuses
     # the budget counts what the dead worker had sent but never answered (an upper bound on the bill)
     assert api.spent.queries >= len(images) * (N0 + N)
 
