@@ -130,3 +130,31 @@ def test_remote_budget_matches_the_in_process_budget():
         budget.refund(2, 2 * 0.0015)
         budget.release(hold)
     assert local.spent.queries == remote.spent.queries == quota.spent().queries
+
+
+def test_an_image_whose_workers_keep_dying_is_given_up_with_worker_lost_error(tmp_path):
+    """The driver's bookkeeping when a worker dies (no Ray needed): the image's hold goes back,
+    it is queued again with a new hold, and after MAX_ATTEMPTS workers it is given up."""
+    from collections import deque
+
+    from robust_api.errors import WorkerLostError
+    from robust_api.scale.ray_engine import MAX_ATTEMPTS, RayRun, RunReport, _Task
+
+    released = []
+    run = RayRun.__new__(RayRun)  # the bookkeeping only: no cluster
+    run.quota = lambda method, *args: released.append(args[0])
+    run.hold = lambda: (99, 50, 0.075)
+    run._slots, run._generation, run.folder, run.seed, run.report = [object()], [0], tmp_path, 3, RunReport()
+    run._died = lambda slot: False  # the slot's worker answers (already replaced)
+    retry: deque = deque()
+
+    again = _Task(1, None, None, (8, 50, 0.075), slot=0, attempts=1)
+    assert run._worker_died(again, RuntimeError("gone"), retry) is None
+    assert released == [8] and list(retry) == [again] and again.hold == (99, 50, 0.075)
+    assert run.report.retried == [(1, "image 1", "worker 0 died (RuntimeError)")]
+
+    last = _Task(0, None, {"image_name": "x.png"}, (7, 50, 0.075), slot=0, attempts=MAX_ATTEMPTS)
+    error = run._worker_died(last, RuntimeError("gone"), retry)
+    assert isinstance(error, WorkerLostError)
+    assert "x.png" in str(error) and f"{MAX_ATTEMPTS} workers" in str(error) and "seed=3" in str(error)
+    assert released == [8, 7] and list(retry) == [again]  # its hold went back; it is not queued again
