@@ -11,8 +11,9 @@ The driver (the process that called ``certify_many(..., engine="ray")``):
    ``workers × parallel`` images in flight (memory O(workers × parallel), not O(dataset));
 3. merges each finished call into its own log and certifies it from there, offline
    (the log is the system of record; a worker's certificate is never trusted as such);
-4. when a worker dies, starts a replacement with a fresh shard and sends the images the dead
-   one had to the live workers: they find the answers it had committed in its shard and
+4. when a worker dies, merges its shard into the run's reuse log (see
+   :mod:`robust_api.scale.shards`), starts a replacement with a fresh shard and sends the
+   images the dead one had to the live workers: they find the answers it had committed and
    reuse them instead of paying again. An image is tried on at most ``MAX_ATTEMPTS`` workers.
 
 The same seed gives the same noisy copies, hence (with a deterministic classifier) the same
@@ -38,7 +39,7 @@ from ..offline import CertifySettings, certify_from_log
 from ..query_logs.records import CallLog
 from ..results import Certificate
 from .quota import DEFAULT_SLACK_S, SharedQuota
-from .shards import shard_path
+from .shards import RECOVERED_LOG, shard_path, shard_paths
 from .worker import ShardWorker
 
 __all__ = ["RAY_INSTALL", "require_ray", "RayRun", "RunReport", "ray_certify", "check_engine_options"]
@@ -166,6 +167,9 @@ class RayRun:
                 shard_folder = self._temporary = tempfile.mkdtemp(prefix="robust-api-shards-")
         self.folder = Path(shard_folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        # what the workers read for reusable answers: every finished call is merged into the
+        # driver's log, and so is a dead worker's shard (into recovered.sqlite3 without a file log)
+        self.reuse_log = Path(self.driver_log) if self.driver_log is not None else self.folder / RECOVERED_LOG
         self.report = RunReport(shard_folder=None if self._temporary else os.fspath(self.folder), seed=self.seed)
         self._started_ray = False
         self._slots: list = []  # slot -> actor handle (None when dead)
@@ -202,6 +206,9 @@ class RayRun:
         self._slots = [None] * count
         self._generation = [0] * count
         self._busy = [0] * count
+        leftover = shard_paths(self.folder)
+        if leftover:  # a run that never finished (its driver died): what it paid for is reused
+            self._merge_for_reuse(leftover, "shards left by an earlier run")
         self._launch(range(count))
 
     def _launch(self, slots) -> None:
@@ -209,8 +216,8 @@ class RayRun:
         until all of them are built."""
         for slot in slots:
             shard = shard_path(self.folder, slot, self._generation[slot])
-            self._slots[slot] = self._worker_class.remote(self.recipe, os.fspath(shard), os.fspath(self.folder),
-                                                          self.driver_log, self.quota, self.rate, self.slack_s)
+            self._slots[slot] = self._worker_class.remote(self.recipe, os.fspath(shard), os.fspath(self.reuse_log),
+                                                          self.quota, self.rate, self.slack_s)
             self._busy[slot] = 0
         for slot in slots:
             try:
@@ -221,7 +228,10 @@ class RayRun:
                 raise _unwrap(self.ray, exc) from None
 
     def _replace(self, slot: int) -> None:
-        self._unmerged.append(shard_path(self.folder, slot, self._generation[slot]))
+        """Start a new worker for ``slot`` after merging the dead one's shard for reuse."""
+        dead = shard_path(self.folder, slot, self._generation[slot])
+        self._unmerged.append(dead)
+        self._merge_for_reuse([dead], f"the shard of dead worker {slot}")
         self._slots[slot] = None
         self._generation[slot] += 1
         self._launch([slot])
@@ -379,6 +389,23 @@ class RayRun:
             return False
         except Exception:
             return True
+
+    def _merge_for_reuse(self, shards: list, what: str) -> None:
+        """Merge ``shards`` (no worker writes them any more) into the reuse log, so that the
+        workers find what they paid for. This driver is then the only process that has them
+        open: SQLite's crash recovery runs and a commit cut short by a crash is seen too."""
+        from ..query_logs.merging import merge_logs
+
+        shards = [path for path in shards if path.exists()]
+        if not shards:
+            return
+        into = self.api.log if self.driver_log is not None else self.reuse_log
+        try:
+            report = merge_logs(shards, into, allow_mixed=True)
+            logger.info("merged %s into %s for reuse: %s", what, os.fspath(self.reuse_log), report)
+        except Exception:  # the answers are still in the shards; the workers pay for them again
+            logger.exception("could not merge %s into %s: their answers will be paid for again", what,
+                             os.fspath(self.reuse_log))
 
     def _merge_unmerged(self) -> None:
         """Merge the shards of dead workers (and, after a failure, every shard of this run)

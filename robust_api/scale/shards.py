@@ -1,12 +1,18 @@
 """Log shards of a distributed run: one SQLite file per worker, all in one folder.
 
 A worker writes only its own shard (:class:`ShardLog`), so workers never contend for a
-lock. Before paying for a sample it also looks for the answer in the run's other logs, read
-only: the other shards of the folder (a worker that died committed its answers there) and
-the driver's log (calls merged from earlier runs). So a killed worker's images are redone
-elsewhere without paying twice for what it had committed, and a rerun with the same seed
-resumes for free. The driver merges each finished call into its own log
-(:func:`robust_api.query_logs.merge_calls`); ``robust-api merge-logs`` merges shard files.
+lock. Before paying for a sample it also looks for the answer in the run's *reuse log*, read
+only: the driver's log (every finished call is merged there), or ``recovered.sqlite3`` in the
+shard folder when the driver's log is not a file. Workers never read each other's shards.
+
+When a worker dies, the driver merges its shard into the reuse log *before* its images are
+sent again. The driver is then the only process that opens the dead shard, so SQLite's crash
+recovery runs on that open and every answer the dead worker committed is seen, including one
+whose commit was cut short by the crash (in WAL mode, such a commit reaches the WAL file and is
+recovered, but a process that already had the shard open would not see it). So a killed
+worker's images are redone without paying twice for what it had committed, and a rerun with
+the same seed resumes for free (the driver first merges shards left by a run that never
+finished). ``robust-api merge-logs`` merges shard files by hand.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from ..query_logs.exchange import open_log
 from ..query_logs.records import CallHeader, CallLog, QueryRecord
 from ..query_logs.store import QueryLog, SQLiteQueryLog
 
-__all__ = ["ShardLog", "shard_paths", "shard_path"]
+__all__ = ["ShardLog", "shard_paths", "shard_path", "RECOVERED_LOG"]
 
 logger = logging.getLogger(__name__)
 
 SHARD_GLOB = "worker-*.sqlite3"
+#: the reuse log in the shard folder when the driver's log is not a file
+RECOVERED_LOG = "recovered.sqlite3"
 
 
 def shard_path(folder: Path, slot: int, generation: int = 0) -> Path:
@@ -40,20 +48,18 @@ def shard_paths(folder: Path) -> list[Path]:
 
 
 class ShardLog(QueryLog):
-    """A worker's shard (written) and the run's other logs (read for reusable answers).
+    """A worker's shard (written) and the run's reuse log (read for reusable answers).
 
     Args:
         path: this worker's SQLite shard (created if missing).
-        folder: the run's shard folder (its other shards are read).
-        driver_log: the driver's SQLite log, also read (None: not a file).
+        reuse_log: the run's reuse log (see the module docstring), read only once it exists.
     """
 
-    def __init__(self, path: Path, folder: Path, driver_log: Optional[Path] = None):
+    def __init__(self, path: Path, reuse_log: Path):
         self.primary = SQLiteQueryLog(path)
         self.path = self.primary.path
-        self.folder = Path(folder)
-        self.driver_log = driver_log
-        self._readers: dict[Path, QueryLog] = {}
+        self.reuse_log = Path(reuse_log)
+        self._reader: Optional[QueryLog] = None
 
     def begin_call(self, header: CallHeader) -> None:
         self.primary.begin_call(header)
@@ -79,37 +85,28 @@ class ShardLog(QueryLog):
     def source_lock(self, header: CallHeader, phase: str):
         return self.primary.source_lock(header, phase)
 
-    def _others(self) -> list[Path]:
-        others = [path for path in shard_paths(self.folder) if path.resolve() != self.path.resolve()]
-        if self.driver_log is not None and self.driver_log.exists():
-            others.append(self.driver_log)
-        return others
-
-    def _reader(self, path: Path) -> QueryLog:
-        reader = self._readers.get(path)
-        if reader is None:
-            reader = self._readers[path] = open_log(path)
-        return reader
-
     def find_reusable(self, header: CallHeader, phase: str, count: int) -> dict[int, QueryRecord]:
-        """This shard's reusable answers, completed from the run's other logs (read only)."""
+        """This shard's reusable answers, completed from the run's reuse log (read only)."""
         found = self.primary.find_reusable(header, phase, count)
-        for path in self._others():
-            if len(found) >= count:
-                break
-            try:
-                answers = self._reader(path).find_reusable(header, phase, count)
-            except (OSError, ValueError) as exc:  # a shard being created right now, or unreadable
-                logger.warning("could not look for reusable answers in %s: %s", os.fspath(path), exc)
-                continue
-            for index, record in answers.items():
-                found.setdefault(index, record)
+        if len(found) >= count:
+            return found
+        try:
+            if self._reader is None:
+                if not self.reuse_log.exists():
+                    return found  # nothing merged yet
+                self._reader = open_log(self.reuse_log)
+            answers = self._reader.find_reusable(header, phase, count)
+        except (OSError, ValueError) as exc:  # being created right now, or unreadable: pay instead
+            logger.warning("could not look for reusable answers in %s: %s", os.fspath(self.reuse_log), exc)
+            return found
+        for index, record in answers.items():
+            found.setdefault(index, record)
         return found
 
     def close(self) -> None:
-        for reader in self._readers.values():
-            reader.close()
-        self._readers.clear()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self.primary.close()
 
     def __repr__(self) -> str:

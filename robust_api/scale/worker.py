@@ -35,21 +35,21 @@ class ShardWorker:
         recipe: what builds this run's provider, denoiser and engine options
             (``RobustAPI.worker_recipe()``); the log, the caps and the rate are this
             worker's shard and the run's shared quota instead.
-        shard: this worker's SQLite shard. folder: the run's shard folder.
-        driver_log: the driver's SQLite log (read for reusable answers), or None.
+        shard: this worker's SQLite shard.
+        reuse_log: the run's reuse log (read for reusable answers; see :mod:`robust_api.scale.shards`).
         call: ``call(method, *args)`` on the run's :class:`~robust_api.scale.quota.SharedQuota`.
         rate: the run's rate limit (requests per second; None: none); slack_s: see
             :class:`~robust_api.scale.quota.SharedQuota`.
     """
 
-    def __init__(self, recipe: dict, shard: str, folder: str, driver_log: Optional[str], call: Caller,
-                 rate: Optional[float], slack_s: float):
+    def __init__(self, recipe: dict, shard: str, reuse_log: str, call: Caller, rate: Optional[float],
+                 slack_s: float):
         options = EngineOptions.check(online=True, rate_limit=math.inf, progress=False, max_queries=None,
                                       max_cost_usd=None, **recipe["options"])
         device = recipe["device"]
         provider = make_provider(recipe["provider"], recipe["model"], recipe["class_names"], recipe["label_fn"],
                                  recipe["batch_size"], device, dict(recipe["provider_options"]))
-        log = ShardLog(Path(shard), Path(folder), None if driver_log is None else Path(driver_log))
+        log = ShardLog(Path(shard), Path(reuse_log))
         self.engine = Engine(provider, make_denoiser(recipe["denoiser"], device), options, RemoteBudget(call), log)
         self.engine.dispatcher.rate_limiter = None if rate is None else RemoteRateLimiter(call, rate, slack_s)
         self.shard = shard

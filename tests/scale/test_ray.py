@@ -151,6 +151,24 @@ def test_one_budget_for_every_worker(cluster, tmp_path):
     assert len(done) == 5
 
 
+def test_shards_of_a_run_whose_driver_died_are_merged_and_reused_by_the_next_run(cluster, tmp_path):
+    images = block_images(6, seed=4)
+    log = tmp_path / "main.sqlite3"
+    first = robust_api.RobustAPI("simulated", latency_s=0, log=log)
+    results = first.certify_many(images, SIGMA, N0, N, ALPHA, seed=SEED, engine="ray", workers=2)
+    assert first.spent.queries == 6 * (N0 + N)
+    # the driver's log is lost (its process died before it merged): only the shards hold the answers
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{log}{suffix}"):
+            os.remove(f"{log}{suffix}")
+    again = robust_api.RobustAPI("simulated", latency_s=0, log=log)
+    # three workers now: images land on other workers than the shards they were answered in
+    rerun = again.certify_many(images, SIGMA, N0, N, ALPHA, seed=SEED, engine="ray", workers=3)
+    same_certificates(rerun, results)
+    assert again.spent.queries == 0 and sum(r.queries for r in rerun) == 0
+    assert sum(1 for call in robust_api.open_log(log) if call.status == "complete") == 12  # merged + reused
+
+
 def test_certify_iter_on_ray_streams_as_completed_with_more_workers_than_cpus(cluster, tmp_path):
     images = block_images(9, seed=5)
     api = robust_api.RobustAPI("simulated", latency_s=0.005, log=False, concurrency=2)
