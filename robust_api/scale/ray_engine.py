@@ -36,6 +36,7 @@ from typing import Any, Optional
 from ..engine.scheduling import check_all
 from ..errors import InvalidParameterError, MissingDependencyError, WorkerLostError
 from ..offline import CertifySettings, certify_from_log
+from ..query_logs.exchange import open_log
 from ..query_logs.records import CallLog
 from ..results import Certificate
 from .quota import DEFAULT_SLACK_S, SharedQuota
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 RAY_INSTALL = "pip install 'robust-api[ray]'"
 #: the most workers one image is tried on before the run gives up on it
 MAX_ATTEMPTS = 3
+#: calls read from a shard into memory at once when the driver merges it
+MERGE_CHUNK = 64
 
 
 def require_ray():
@@ -83,6 +86,11 @@ class RunReport:
     seed: Optional[int] = None
     queries: int = 0
     cost_usd: float = 0.0
+
+
+def _name(log) -> str:
+    path = getattr(log, "path", None)
+    return os.fspath(path) if path is not None else type(log).__name__
 
 
 def _unwrap(ray, exc: BaseException) -> BaseException:
@@ -394,31 +402,54 @@ class RayRun:
         """Merge ``shards`` (no worker writes them any more) into the reuse log, so that the
         workers find what they paid for. This driver is then the only process that has them
         open: SQLite's crash recovery runs and a commit cut short by a crash is seen too."""
-        from ..query_logs.merging import merge_logs
-
-        shards = [path for path in shards if path.exists()]
-        if not shards:
+        if self.driver_log is not None:
+            self._merge_missing(shards, self.api.log, what)
             return
-        into = self.api.log if self.driver_log is not None else self.reuse_log
+        from ..query_logs.store import open_store
+
         try:
-            report = merge_logs(shards, into, allow_mixed=True)
-            logger.info("merged %s into %s for reuse: %s", what, os.fspath(self.reuse_log), report)
+            target = open_store(self.reuse_log)
         except Exception:  # the answers are still in the shards; the workers pay for them again
-            logger.exception("could not merge %s into %s: their answers will be paid for again", what,
-                             os.fspath(self.reuse_log))
+            logger.exception("could not open %s: the answers of %s will be paid for again",
+                             os.fspath(self.reuse_log), what)
+            return
+        try:
+            self._merge_missing(shards, target, what)
+        finally:
+            target.close()
 
     def _merge_unmerged(self) -> None:
         """Merge the shards of dead workers (and, after a failure, every shard of this run)
         into the driver's log: what they paid for is recorded there too, unfinished calls included."""
-        from ..query_logs.merging import merge_logs
+        self._merge_missing(self._unmerged, self.api.log, "the shards of dead or stopped workers")
 
-        shards = [path for path in self._unmerged if path.exists()]
-        if shards:
+    @staticmethod
+    def _merge_missing(shards: list, target, what: str) -> None:
+        """Copy into ``target`` the calls of ``shards`` that it does not hold, a few at a time
+        (a shard may hold millions of answers). A call the target holds came from the same
+        shard once it was finished (the driver merges only finished calls and final shards),
+        so it is not read again. A failure is logged: the shards stay on disk, and
+        ``robust-api merge-logs`` can merge them later."""
+        from ..query_logs.merging import merge_calls
+
+        added = 0
+        for path in shards:
+            if not path.exists():
+                continue
             try:
-                report = merge_logs(shards, self.api.log, allow_mixed=True)
-                logger.info("merged %d shard(s) into the log: %s", len(shards), report)
-            except Exception:  # the shards stay on disk: robust-api merge-logs can merge them later
-                logger.exception("could not merge the shards %s into the log", [os.fspath(p) for p in shards])
+                shard = open_log(path)
+                try:
+                    missing = [run_id for run_id in shard.run_ids() if not target.has_call(run_id)]
+                    for start in range(0, len(missing), MERGE_CHUNK):
+                        calls = [shard.load_call(run_id) for run_id in missing[start:start + MERGE_CHUNK]]
+                        added += merge_calls(target, calls, source=os.fspath(path)).calls_added
+                finally:
+                    shard.close()
+            except Exception:
+                logger.exception("could not merge %s (%s) into the log; robust-api merge-logs can do it later",
+                                 os.fspath(path), what)
+        if added:
+            logger.info("merged %d call(s) of %s into %s", added, what, _name(target))
 
     def _certify(self, header, records: tuple, status: str) -> Certificate:
         """Merge a finished call into the driver's log, then certify it from there."""

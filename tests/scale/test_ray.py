@@ -134,6 +134,22 @@ def test_killed_worker_images_are_redone_elsewhere_without_paying_twice(cluster,
     assert api.spent.queries >= len(images) * (N0 + N)
 
 
+def test_killed_worker_without_a_log_file_reuses_its_answers_through_the_recovered_log(cluster, tmp_path):
+    images = block_images(8, seed=6)
+    record = tmp_path / "requests"
+    record.mkdir()
+    api = robust_api.RobustAPI("simulated", latency_s=0.01, concurrency=4, record_dir=str(record),
+                               exit_after=25, exit_marker=str(tmp_path / "crashed"), log=False)
+    results = api.certify_many(images, SIGMA, N0, N, ALPHA, seed=SEED, engine="ray", workers=2)
+    assert (tmp_path / "crashed").exists() and api.last_run.retried
+    same_certificates(results, in_process(images))
+    # the dead worker had committed at least 20 answers (it died at its 25th request, 4 in flight):
+    # only those in flight are sent again, so its shard was read through recovered.sqlite3
+    lost = len(read_send_times(str(record))) - len(images) * (N0 + N)
+    assert 0 <= lost <= 4
+    assert api.last_run.shard_folder is None  # the temporary shards are gone
+
+
 def test_one_budget_for_every_worker(cluster, tmp_path):
     images = block_images(8, seed=3)
     per_image = N0 + N
