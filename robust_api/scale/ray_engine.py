@@ -244,7 +244,9 @@ class RayRun:
         self._generation[slot] += 1
         self._launch([slot])
 
-    def _stop(self) -> None:
+    def _stop_workers(self) -> None:
+        """Close the live workers' shards (after their final peak memory), then end them: from
+        here on no process writes a shard, so merging one reads it whole."""
         for actor in self._slots:  # the live workers' final peak memory; their shards closed cleanly
             if actor is not None:
                 try:
@@ -261,6 +263,9 @@ class RayRun:
                     self.ray.kill(actor)
                 except Exception:  # already gone
                     pass
+        self._slots = [None] * len(self._slots)
+
+    def _stop_cluster(self) -> None:
         if self._started_ray:
             self.ray.shutdown()
         if self._temporary is not None:
@@ -283,7 +288,14 @@ class RayRun:
         ("completed"). ``total``: the number of images when known: all their holds are
         then taken from the run's caps before any query (BudgetExceededError if they do
         not fit); otherwise each image is held when it is sent."""
-        self._start()
+        try:
+            self._start()
+        except BaseException:  # e.g. a worker that could not start: end what did start
+            try:
+                self._stop_workers()
+            finally:
+                self._stop_cluster()
+            raise
         try:
             for _ in range(total or 0):
                 self._preheld.append(self.hold())
@@ -292,13 +304,16 @@ class RayRun:
             self._unmerged = [shard_path(self.folder, slot, self._generation[slot]) for slot in range(len(self._slots))]
             raise
         finally:
-            self._merge_unmerged()
-            for hold in self._preheld:
-                self.quota("release", hold[0])
-            spent = self.quota("unheld")
-            self.report.queries, self.report.cost_usd = spent.queries, spent.cost_usd
-            self.api.budget.add_spent(spent.queries, spent.cost_usd)  # within the caps: the quota kept them
-            self._stop()
+            try:
+                self._stop_workers()  # a worker still at work after a failure stops writing its shard
+                self._merge_unmerged()
+                for hold in self._preheld:
+                    self.quota("release", hold[0])
+                spent = self.quota("unheld")
+                self.report.queries, self.report.cost_usd = spent.queries, spent.cost_usd
+                self.api.budget.add_spent(spent.queries, spent.cost_usd)  # within the caps: the quota kept them
+            finally:
+                self._stop_cluster()
 
     def _loop(self, images: Iterator, order: str) -> Iterator[tuple[int, Certificate]]:
         ray = self.ray
