@@ -301,7 +301,8 @@ class RayRun:
                 self._preheld.append(self.hold())
             yield from self._loop(iter(images), order)
         except BaseException:
-            self._unmerged = [shard_path(self.folder, slot, self._generation[slot]) for slot in range(len(self._slots))]
+            # every shard of this run (the dead workers' shards are in the list already)
+            self._unmerged += [shard_path(self.folder, slot, self._generation[slot]) for slot in range(len(self._slots))]
             raise
         finally:
             try:

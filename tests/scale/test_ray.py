@@ -150,6 +150,22 @@ def test_killed_worker_without_a_log_file_reuses_its_answers_through_the_recover
     assert api.last_run.shard_folder is None  # the temporary shards are gone
 
 
+def test_a_run_that_fails_after_a_worker_died_keeps_the_dead_workers_answers_in_the_log(cluster, tmp_path):
+    images = block_images(10, seed=7)
+    per_image = N0 + N
+    # six images fit the cap: the run stops at the seventh, after a worker died at its 25th request
+    api = robust_api.RobustAPI("simulated", latency_s=0.01, concurrency=3, exit_after=25,
+                               exit_marker=str(tmp_path / "crashed"), log=False, max_queries=6 * per_image)
+    with pytest.raises(BudgetExceededError):
+        api.certify_many(iter(images), SIGMA, N0, N, ALPHA, seed=SEED, engine="ray", workers=2)
+    assert (tmp_path / "crashed").exists()
+    calls = list(api.log)
+    # the dead worker's unfinished calls reached the log (its shard was merged at its death and
+    # again into this memory log at the end), beside the live workers' calls
+    assert any(call.status == "running" and call.records for call in calls)
+    assert sum(call.status == "complete" for call in calls) >= 1
+
+
 def test_one_budget_for_every_worker(cluster, tmp_path):
     images = block_images(8, seed=3)
     per_image = N0 + N
