@@ -88,11 +88,6 @@ class RunReport:
     cost_usd: float = 0.0
 
 
-def _name(log) -> str:
-    path = getattr(log, "path", None)
-    return os.fspath(path) if path is not None else type(log).__name__
-
-
 def _unwrap(ray, exc: BaseException) -> BaseException:
     """The user-facing error inside a Ray task error (our typed errors travel as their cause)."""
     if isinstance(exc, ray.exceptions.RayTaskError):
@@ -247,7 +242,7 @@ class RayRun:
     def _stop_workers(self) -> None:
         """Close the live workers' shards (after their final peak memory), then end them: from
         here on no process writes a shard, so merging one reads it whole."""
-        for actor in self._slots:  # the live workers' final peak memory; their shards closed cleanly
+        for actor in self._slots:
             if actor is not None:
                 try:
                     final = self.ray.get(actor.ready.remote(), timeout=30)
@@ -448,7 +443,7 @@ class RayRun:
         ``robust-api merge-logs`` can merge them later."""
         from ..query_logs.merging import merge_calls
 
-        added = 0
+        added, into = 0, None
         for path in shards:
             if not path.exists():
                 continue
@@ -458,14 +453,15 @@ class RayRun:
                     missing = [run_id for run_id in shard.run_ids() if not target.has_call(run_id)]
                     for start in range(0, len(missing), MERGE_CHUNK):
                         calls = [shard.load_call(run_id) for run_id in missing[start:start + MERGE_CHUNK]]
-                        added += merge_calls(target, calls, source=os.fspath(path)).calls_added
+                        report = merge_calls(target, calls, source=os.fspath(path))
+                        added, into = added + report.calls_added, report.into
                 finally:
                     shard.close()
             except Exception:
                 logger.exception("could not merge %s (%s) into the log; robust-api merge-logs can do it later",
                                  os.fspath(path), what)
         if added:
-            logger.info("merged %d call(s) of %s into %s", added, what, _name(target))
+            logger.info("merged %d call(s) of %s into %s", added, what, into)
 
     def _certify(self, header, records: tuple, status: str) -> Certificate:
         """Merge a finished call into the driver's log, then certify it from there."""
