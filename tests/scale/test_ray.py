@@ -123,7 +123,10 @@ def test_killed_worker_images_are_redone_elsewhere_without_paying_twice(cluster,
     assert paid_records(shards) == len(images) * (N0 + N)
     # sent twice: only the requests the dead worker had in flight (sent, never answered)
     lost = len(read_send_times(str(record))) - len(images) * (N0 + N)
-    assert 0 <= lost <= 4  # its concurrency
+    # at most what it had sent but not committed: each of its `parallel` images in flight (the
+    # provider's concurrency, 4, by default) has up to `concurrency` requests sent and not yet
+    # written; a slow committing thread leaves several answered ones among them
+    assert 0 <= lost <= 4 * 4
     reused = sum(1 for path in shards for call in robust_api.open_log(path) for r in call.records if r.reused)
     assert reused > 0
     # the dead worker's unfinished call is in the driver's log too (merged at the end)
@@ -138,15 +141,17 @@ def test_killed_worker_without_a_log_file_reuses_its_answers_through_the_recover
     images = block_images(8, seed=6)
     record = tmp_path / "requests"
     record.mkdir()
+    # the first worker to send its 60th request exits: it has committed dozens of answers by then
     api = robust_api.RobustAPI("simulated", latency_s=0.01, concurrency=4, record_dir=str(record),
-                               exit_after=25, exit_marker=str(tmp_path / "crashed"), log=False)
+                               exit_after=60, exit_marker=str(tmp_path / "crashed"), log=False)
     results = api.certify_many(images, SIGMA, N0, N, ALPHA, seed=SEED, engine="ray", workers=2)
     assert (tmp_path / "crashed").exists() and api.last_run.retried
     same_certificates(results, in_process(images))
-    # the dead worker had committed at least 20 answers (it died at its 25th request, 4 in flight):
-    # only those in flight are sent again, so its shard was read through recovered.sqlite3
+    # only what the dead worker had sent but not committed is sent again (at most parallel ×
+    # concurrency = 16, see above), not what it had committed: its shard was read through
+    # recovered.sqlite3
     lost = len(read_send_times(str(record))) - len(images) * (N0 + N)
-    assert 0 <= lost <= 4
+    assert 0 <= lost <= 4 * 4
     assert api.last_run.shard_folder is None  # the temporary shards are gone
 
 
